@@ -1,0 +1,140 @@
+"""The sampling stage: problems in, Sample records out, resumable at any moment.
+
+Each finished sample is appended and flushed as soon as it exists. On restart the output file is
+read back (a torn last line from a SIGKILL is cut), the finished (problem_id, sample_index) keys
+are skipped, and only the rest is sampled, so a killed job loses at most the samples in flight
+and never writes one twice. Each sample has its own seed derived from (seed, problem_id,
+sample_index), so a redone sample is the same draw whichever batch it lands in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..config import opt, save_yaml, to_mapping
+from ..io import InputError, open_resumable, read_records
+from ..models import DEFAULT_MODEL
+from ..prompts import TEMPLATES
+from ..records import Problem, Sample, key
+from .base import BACKENDS, Decoding, Generator, PromptGroup
+
+
+@dataclass
+class SampleConfig:
+    problems: str = opt("problems.jsonl", help="Problem JSONL to sample from")
+    out: str = opt("samples.jsonl", help="Sample JSONL to write (appended; rerun to resume)")
+    model: str = opt(DEFAULT_MODEL, help="model spec: embedded name, local HF folder or hub id")
+    backend: str = opt("hf", help="generation backend")
+    n: int = opt(4, help="samples per problem")
+    temperature: float = opt(0.7, help="sampling temperature; 0 means greedy")
+    top_p: float = opt(1.0, help="nucleus sampling mass")
+    max_new_tokens: int = opt(256, help="completion length limit")
+    stop: list = opt([], help="stop strings (comma-separated on the command line)")
+    seed: int = opt(0, help="base seed; each sample's seed derives from it and the sample's key")
+    template: str = opt("boxed-v1", help="prompt template id")
+    max_batch: int = opt(32, help="rows decoded together by the HF backend")
+    dtype: str = opt("float32", help="model dtype (float32, bfloat16, float16)")
+    device: str = opt("cpu", help="torch device")
+    limit: Optional[int] = opt(None, help="use only the first N problems")
+    shard: str = opt("0/1", help="'i/N': take problems whose position modulo N is i")
+    trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
+
+
+def sample_seed(base: int, problem_id: str, sample_index: int) -> int:
+    h = hashlib.sha256(f"{base}:{problem_id}:{sample_index}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not (0 <= i < n):
+            raise ValueError
+        return i, n
+    except ValueError:
+        raise InputError(f"shard '{shard}': expected 'i/N' with 0 <= i < N") from None
+
+
+def select_problems(problems: list[Problem], limit: Optional[int], shard: str) -> list[Problem]:
+    if limit is not None:
+        problems = problems[:limit]
+    i, n = parse_shard(shard)
+    return [p for j, p in enumerate(problems) if j % n == i]
+
+
+def plan_groups(problems: Iterable[Problem], n: int, seed: int, template: str,
+                done: set[tuple[str, int]]) -> list[PromptGroup]:
+    tpl = TEMPLATES.get(template)
+    groups = []
+    for p in problems:
+        todo = [(i, sample_seed(seed, p.id, i)) for i in range(n) if (p.id, i) not in done]
+        if todo:
+            groups.append(PromptGroup(p.id, tpl.messages(p.question), todo))
+    return groups
+
+
+def _check_compatible(existing: list[Sample], cfg: SampleConfig, decoding: Decoding, path: str) -> None:
+    """Refuse to resume into a file made with other settings: its numbers would mix two configs."""
+    want = {"model": cfg.model, "prompt_template": cfg.template, "decoding": decoding.as_dict()}
+    for s in existing[:1] + existing[-1:]:
+        got = {"model": s.model, "prompt_template": s.prompt_template, "decoding": s.decoding}
+        for k in want:
+            if got[k] != want[k]:
+                raise InputError(f"{path}: existing samples have {k}={got[k]!r}, this run asks for {want[k]!r}; "
+                                 "use another --out or the same settings")
+
+
+def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progress: bool = True) -> dict:
+    """Sample what is missing from ``cfg.out``; returns a summary of this invocation."""
+    problems = select_problems(read_records(cfg.problems, Problem), cfg.limit, cfg.shard)
+    if cfg.n < 1:
+        raise InputError(f"n={cfg.n}: need at least one sample per problem")
+    TEMPLATES.get(cfg.template)
+    decoding = Decoding(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
+    existing, writer = open_resumable(cfg.out, Sample, key)
+    _check_compatible(existing, cfg, decoding, cfg.out)
+    save_yaml(Path(cfg.out).with_name(Path(cfg.out).name + ".config.yaml"), to_mapping(cfg))
+    done = {key(s) for s in existing}
+    groups = plan_groups(problems, cfg.n, cfg.seed, cfg.template, done)
+    todo = sum(len(g.samples) for g in groups)
+    summary = {"already_done": len(done), "sampled": 0, "completion_tokens": 0, "flops": 0.0, "seconds": 0.0}
+    if todo == 0:
+        writer.close()
+        return summary
+    if generator is None:
+        factory = BACKENDS.get(cfg.backend)
+        generator = factory(cfg.model, dtype=cfg.dtype, device=cfg.device, max_batch=cfg.max_batch,
+                            trust_remote_code=cfg.trust_remote_code)
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=todo, desc="sample", unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        for g in generator.generate(groups, decoding):
+            writer.write(Sample(problem_id=g.problem_id, sample_index=g.sample_index, model=cfg.model,
+                                prompt_template=cfg.template, text=g.text, prompt_tokens=g.prompt_tokens,
+                                completion_tokens=g.completion_tokens, flops=g.flops,
+                                finish_reason=g.finish_reason, decoding=decoding.as_dict(), seed=g.seed))
+            summary["sampled"] += 1
+            summary["completion_tokens"] += g.completion_tokens
+            summary["flops"] += g.flops
+            elapsed = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{summary['completion_tokens'] / max(elapsed, 1e-9):.1f}")
+    finally:
+        writer.close()
+        bar.close()
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def cli_run(cfg: SampleConfig) -> int:
+    s = run_sampling(cfg)
+    rate = s["completion_tokens"] / s["seconds"] if s["seconds"] else 0.0
+    print(f"[assay] {cfg.out}: {s['sampled']} new samples ({s['already_done']} already done), "
+          f"{s['completion_tokens']} tokens, {s['flops']:.3g} FLOPs, {rate:.1f} tok/s")
+    return 0
