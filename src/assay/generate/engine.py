@@ -111,20 +111,29 @@ class _Row:
 
 
 def sample_next(logits: torch.Tensor, rows: list[_Row], temperature: float, top_p: float) -> list[int]:
-    """Pick one token per row: argmax at temperature 0, else temperature + nucleus sampling
-    with the row's own generator (same warper order as transformers: temperature, then top-p)."""
+    """Pick one token per row: argmax at temperature 0, else temperature + nucleus sampling.
+
+    Same warper order as transformers (temperature, then top-p). Sampling is by inverse CDF with
+    one uniform number per row from the row's own generator: exactly the categorical
+    distribution, but one random draw per row instead of ``multinomial``'s one per vocabulary
+    entry, which cost ~0.8 ms per row per step on a 49k vocabulary.
+    """
     if temperature <= 0:
         return logits.argmax(-1).tolist()
     logits = logits.float() / temperature
     if top_p < 1.0:
         sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
+        p_sorted = sorted_logits.softmax(-1)
         # Drop a token when the mass before it already reaches top_p; the first always stays.
-        drop = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = (p_sorted.cumsum(-1) - p_sorted) >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    probs = logits.softmax(-1)
-    return [int(torch.multinomial(probs[i], 1, generator=r.gen)) for i, r in enumerate(rows)]
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=r.gen, device=logits.device) for r in rows]) * cdf[:, -1]
+    picked = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)
+    # Float round-off can put u past the last bucket; zero-probability tokens are never picked.
+    picked = picked.clamp(max=logits.shape[-1] - 1)
+    return picked.tolist()
 
 
 class ContinuousBatcher:
@@ -164,7 +173,8 @@ class ContinuousBatcher:
             mask[i, P - len(p):] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        # Only the last position's logits are needed: skips the LM head on every prompt token.
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         self.stats.forward_passes += 1
         self.stats.prefill_tokens += sum(len(p) for p in prompts)
         self.stats.prefill_padded_tokens += ids.numel()
@@ -287,7 +297,8 @@ class ContinuousBatcher:
             self.stats.forward_passes += 1
             self.stats.row_steps += len(rows)
             live = [i for i, r in enumerate(rows) if not r.done]
-            nxt = sample_next(out.logits[live, -1, :], [rows[i] for i in live], self.temperature, self.top_p)
+            logits = out.logits[:, -1, :] if len(live) == len(rows) else out.logits[live, -1, :]
+            nxt = sample_next(logits, [rows[i] for i in live], self.temperature, self.top_p)
             for i, t in zip(live, nxt):
                 r = rows[i]
                 r.tokens.append(t)
