@@ -78,7 +78,7 @@ class Verdict:
     status: str = "ok"
     """``ok``, ``timeout`` (exceeded the per-item limit) or ``error``."""
     error: Optional[str] = None
-    """The error message when status is ``error``."""
+    """What went wrong when status is ``error`` or ``timeout``."""
 
     kind: ClassVar[str] = "verdict"
 

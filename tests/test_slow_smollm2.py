@@ -1,0 +1,63 @@
+"""The real path: the embedded SmolLM2-135M-Instruct through every core stage (slow tier)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from assay import models
+
+    model, tok = models.load("smollm2-135m-instruct")
+    return model, tok
+
+
+def test_embedded_model_resolves_to_cached_safetensors(smol):
+    from pathlib import Path
+
+    from assay import models
+
+    path = Path(models.resolve("smollm2-135m-instruct"))
+    assert (path / "model.safetensors").exists() and (path / "ASSAY_SOURCE").exists()
+    s = models.stats_for("smollm2-135m-instruct")
+    # 134.5M parameters with tied embeddings; 30 layers of 9 heads x 64.
+    assert s.n_params == 134_515_008 and s.n_layers == 30 and s.d_attn == 576
+
+
+def test_engine_matches_generate_on_smollm2(smol):
+    from assay import models
+    from assay.generate.engine import ContinuousBatcher, GroupRequest
+    from assay.prompts import TEMPLATES, render_ids
+
+    model, tok = smol
+    qs = ["What is 12 + 7?", "A shop sells 3 pens for 5 dollars. How much do 9 pens cost?", "What is 9 * 8?"]
+    prompts = [render_ids(TEMPLATES.get("boxed-v1").messages(q), tok) for q in qs]
+    eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=2, max_new_tokens=24)
+    got = {int(c.group_id): c.token_ids for c in eng.run([GroupRequest(str(i), p, [(0, 0)]) for i, p in enumerate(prompts)])}
+    for i, p in enumerate(prompts):
+        ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        assert got[i] == ref
+
+
+def test_quickstart_cli_core_pipeline(tmp_path):
+    from assay.cli import main
+
+    run = tmp_path / "qs"
+    assert main(["quickstart", f"run_dir={run}", "size=6", "n=2", "max_new_tokens=96"]) == 0
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    verdicts = [json.loads(line) for line in (run / "verdicts.jsonl").read_text().splitlines()]
+    assert len(samples) == len(verdicts) == 12
+    assert all(s["model"] == "smollm2-135m-instruct" and s["flops"] > 0 for s in samples)
+    assert all(v["method"].startswith("reasoning_gym:") for v in verdicts)
+    stats = json.loads((run / "stats.json").read_text())
+    assert stats["summary"]["samples"] == 12
+    # Rerunning finds every stage done and adds nothing.
+    assert main(["quickstart", f"run_dir={run}", "size=6", "n=2", "max_new_tokens=96"]) == 0
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 12
