@@ -165,5 +165,19 @@ def config_from_args(cls: Type[C], args: argparse.Namespace) -> C:
         v = getattr(args, f.name, None)
         if v is not None:
             data[f.name] = v  # a string; _coerce converts it to the field's type
-    data = deep_merge(data, parse_overrides(getattr(args, "overrides", []) or []))
+    items = list(getattr(args, "overrides", []) or [])
+    positional = getattr(cls, "POSITIONAL", None)
+    if positional:
+        # A config may name one field that can be given bare: `assay report RUN_DIR`.
+        plain = [i for i in items if "=" not in i]
+        if len(plain) > 1:
+            raise InputError(f"expected one {positional.upper()}, got {' '.join(plain)}")
+        if plain:
+            data[positional] = plain[0]
+            items.remove(plain[0])
+    if getattr(cls, "PASSTHROUGH", False):
+        # The overrides belong to another config (a recipe's pipeline); it parses them itself.
+        data["overrides"] = items
+        return from_mapping(cls, data)
+    data = deep_merge(data, parse_overrides(items))
     return from_mapping(cls, data)

@@ -316,6 +316,8 @@ def _as_k(k: Any) -> int:
 class StatsConfig:
     """Settings of ``assay stats``."""
 
+    INPUTS, OUTPUTS = ("samples", "verdicts", "problems"), ("out",)
+
     samples: str = opt(help="Sample JSONL written by `assay sample`")
     verdicts: str = opt(help="Verdict JSONL written by `assay verify` for those samples")
     out: str = opt("stats.json", help="where to write the metrics as JSON (the config is saved beside it)")

@@ -41,6 +41,8 @@ __all__ = ["ProblemsConfig", "SOURCES", "check_label", "cli_run", "load_problems
 class ProblemsConfig:
     """Settings of ``assay problems``."""
 
+    OUTPUTS = ("out",)
+
     source: str = opt("rg:chain_sum", help=(
         "a preset (" + ", ".join(sorted(PRESET_FILES)) + "), rg:<reasoning-gym task>, hf:<dataset name or "
         "local folder>, or a path to a JSONL file"))

@@ -83,7 +83,30 @@ class Verdict:
     kind: ClassVar[str] = "verdict"
 
 
-RECORD_TYPES: dict[str, type] = {c.kind: c for c in (Problem, Sample, Verdict)}
+@dataclass
+class SFTExample:
+    """One supervised fine-tuning row: a chat whose last turn (the assistant's) carries the loss."""
+
+    id: str
+    """``<problem_id>/<sample_index>``: unique within a dataset."""
+    messages: list[dict[str, Any]]
+    """Chat turns ``{"role", "content"}``: the prompt the sample was drawn with, then its completion."""
+    problem_id: str
+    """The source problem."""
+    sample_index: int
+    """The source sample within the problem; with problem_id it finds the Sample and Verdict."""
+    model: str
+    """The model that wrote the completion."""
+    prompt_template: str
+    """Template id and version the prompt was rendered with."""
+    completion_tokens: int
+    selected_by: str
+    """The selector pipeline that kept it, e.g. ``correct>dedup>max_per_problem:2``."""
+
+    kind: ClassVar[str] = "sft"
+
+
+RECORD_TYPES: dict[str, type] = {c.kind: c for c in (Problem, Sample, Verdict, SFTExample)}
 
 
 def _check_type(value: Any, annotation: Any) -> bool:

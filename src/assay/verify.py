@@ -302,6 +302,8 @@ def choose_verifier(problem: Problem, verifier: str) -> str:
 class VerifyConfig:
     """Settings of ``assay verify``."""
 
+    INPUTS, OUTPUTS = ("problems", "samples"), ("out",)
+
     problems: str = opt(help="Problem JSONL with the reference answers (required)")
     samples: str = opt(help="Sample JSONL of completions to judge (required)")
     out: str = opt(help="Verdict JSONL to write (required); an existing one is resumed, not overwritten")

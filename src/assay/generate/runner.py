@@ -25,6 +25,7 @@ from .base import BACKENDS, Decoding, Generator, PromptGroup
 
 @dataclass
 class SampleConfig:
+    INPUTS, OUTPUTS = ("problems",), ("out",)
     problems: str = opt("problems.jsonl", help="Problem JSONL to sample from")
     out: str = opt("samples.jsonl", help="Sample JSONL to write (appended; rerun to resume)")
     model: str = opt(DEFAULT_MODEL, help="model spec: embedded name, local HF folder or hub id")

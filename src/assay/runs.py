@@ -1,0 +1,164 @@
+"""Run directories and lineage: what made each artifact, and which stages are already done.
+
+A run directory holds the artifacts of one job and a ``manifest.json`` with, per stage: its
+resolved config, its inputs and outputs with content hashes, the models it used, its FLOPs and
+wall time, and the package versions of the process. Two uses:
+
+- lineage: any number in a report can be traced to the exact files, config and models behind it;
+- resume: a stage whose status is ``done``, whose config and input hashes are unchanged and whose
+  outputs still hash the same is skipped on a rerun. A stage killed midway is rerun, and the
+  stage functions themselves resume from their partial outputs (sampling, verification,
+  training checkpoints), so no finished work is lost or done twice.
+
+The manifest is rewritten atomically after every stage transition, so a kill leaves it valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from .io import write_json
+
+PACKAGES = ("assay", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "reasoning-gym",
+            "math-verify", "numpy")
+# Big or derived folders whose contents are not part of an artifact's identity.
+SKIP_DIRS = {"checkpoints", "__pycache__"}
+
+
+def package_versions() -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not (set(p.relative_to(path).parts[:-1]) & SKIP_DIRS):
+            files.append(p)
+    return files
+
+
+def hash_path(path: str | Path) -> dict[str, Any]:
+    """sha256 over a file, or over a folder's relative names and contents (checkpoints/ left out)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    size = 0
+    for f in _files(path):
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+                size += len(block)
+    return {"path": str(path), "sha256": h.hexdigest(), "bytes": size}
+
+
+def config_hash(config: Any) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flops_of(path: str | Path) -> float:
+    """FLOPs recorded inside an artifact: a training summary, an eval result, or Sample records."""
+    path = Path(path)
+    for name in ("train_summary.json", "result.json"):
+        f = path / name if path.is_dir() else (path if path.name == name else None)
+        if f is not None and f.exists():
+            return float(json.loads(f.read_text(encoding="utf-8")).get("flops", 0.0))
+    if path.is_file() and path.suffix == ".jsonl":
+        total = 0.0
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if '"flops"' in line:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and isinstance(rec.get("flops"), (int, float)) and "text" in rec:
+                        total += float(rec["flops"])
+        return total
+    return 0.0
+
+
+class Run:
+    """A run directory and its manifest."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "manifest.json"
+        if self.path.exists():
+            self.manifest = json.loads(self.path.read_text(encoding="utf-8"))
+        else:
+            self.manifest = {"created": _now(), "argv": sys.argv, "packages": package_versions(), "stages": {}}
+            self._save()
+
+    def _save(self) -> None:
+        write_json(self.path, self.manifest)
+
+    def file(self, name: str) -> str:
+        return str(self.dir / name)
+
+    def is_done(self, name: str, config: Any, inputs: Iterable[str | Path]) -> bool:
+        st = self.manifest["stages"].get(name)
+        if not st or st.get("status") != "done" or st.get("config_hash") != config_hash(config):
+            return False
+        want = {i["path"]: i["sha256"] for i in st.get("inputs", [])}
+        if want != {str(p): hash_path(p)["sha256"] for p in inputs}:
+            return False
+        return all(Path(o["path"]).exists() and hash_path(o["path"])["sha256"] == o["sha256"]
+                   for o in st.get("outputs", []))
+
+    def stage(self, name: str, config: Any, fn: Callable[[], Any], inputs: Iterable[str | Path] = (),
+              outputs: Iterable[str | Path] = (), models: Iterable[str] = ()) -> dict:
+        """Run ``fn`` as stage ``name`` unless it is already done with the same config and inputs.
+
+        Returns the stage's manifest entry (``summary`` holds what ``fn`` returned, if a dict).
+        """
+        inputs, outputs = [Path(p) for p in inputs], [Path(p) for p in outputs]
+        if self.is_done(name, config, inputs):
+            print(f"[assay] {name}: done already (inputs and config unchanged), skipped")
+            return self.manifest["stages"][name]
+        entry = {"status": "running", "started": _now(), "config": config, "config_hash": config_hash(config),
+                 "inputs": [hash_path(p) for p in inputs], "models": list(models)}
+        prior = self.manifest["stages"].get(name, {})
+        self.manifest["stages"][name] = entry
+        self._save()
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except BaseException:
+            entry["status"] = "interrupted"
+            entry["wall_s"] = round(time.perf_counter() - t0, 3) + prior.get("wall_s_before", 0.0)
+            entry["wall_s_before"] = entry["wall_s"]
+            self._save()
+            raise
+        entry["wall_s"] = round(time.perf_counter() - t0, 3) + prior.get("wall_s_before", 0.0)
+        entry.update(status="done", finished=_now(), outputs=[hash_path(p) for p in outputs if p.exists()],
+                     flops=sum(flops_of(p) for p in outputs if p.exists()),
+                     summary=result if isinstance(result, dict) else None)
+        entry.pop("wall_s_before", None)
+        self._save()
+        return entry
+
+    def totals(self) -> dict:
+        st = self.manifest["stages"].values()
+        return {"flops": sum(s.get("flops", 0.0) for s in st), "wall_s": sum(s.get("wall_s", 0.0) for s in st)}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
