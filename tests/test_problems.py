@@ -344,3 +344,15 @@ def test_cli_writes_problems_config_and_rejects(problems_cli, tmp_path, capsys):
     assert again.read_text() == out.read_text()
     assert problems_cli(["problems", "--source", "rg:chain_sum", "--size", "5", "--out", str(out)]) == 0
     assert not Path(str(out) + ".rejected.jsonl").exists()
+
+
+def test_distinct_keeps_first_of_repeated_questions(tmp_path):
+    src = tmp_path / "p.jsonl"
+    rows = [{"question": "1 + 1 =", "answer": "2"}, {"question": "2 + 2 =", "answer": "4"},
+            {"question": " 1  +  1 = ", "answer": "2"}, {"question": "1 + 1 =", "answer": "2"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, rejected = load_problems(ProblemsConfig(source=str(src), distinct=True))
+    assert [p.id for p in kept] == ["p-0", "p-1"]
+    assert [r["reason"] for r in rejected] == ["duplicate question: same as p-0"] * 2
+    kept, rejected = load_problems(ProblemsConfig(source=str(src)))
+    assert len(kept) == 4 and not rejected

@@ -46,18 +46,30 @@ def test_engine_matches_generate_on_smollm2(smol):
         assert got[i] == ref
 
 
-def test_quickstart_cli_core_pipeline(tmp_path):
+def test_quickstart_full_loop_reduced(tmp_path):
+    """The real quickstart at reduced sizes: every stage runs on SmolLM2, a rerun redoes nothing."""
     from assay.cli import main
 
     run = tmp_path / "qs"
-    assert main(["quickstart", f"run_dir={run}", "size=6", "n=2", "max_new_tokens=96"]) == 0
+    args = ["quickstart", f"run_dir={run}", "pool_size=24", "heldout_size=16", "k=2", "sample.max_new_tokens=32",
+            "train.max_steps=3", "eval.max_new_tokens=32"]
+    assert main(args) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert list(stages) == ["heldout", "pool", "eval_base", "sample", "verify", "pool_stats", "select", "train",
+                            "eval_trained"]
+    assert all(s["status"] == "done" for s in stages.values())
+    assert stages["sample"]["flops"] > 0 and stages["train"]["flops"] > 0 and stages["eval_base"]["flops"] > 0
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    verdicts = [json.loads(line) for line in (run / "verdicts.jsonl").read_text().splitlines()]
-    assert len(samples) == len(verdicts) == 12
-    assert all(s["model"] == "smollm2-135m-instruct" and s["flops"] > 0 for s in samples)
-    assert all(v["method"].startswith("reasoning_gym:") for v in verdicts)
-    stats = json.loads((run / "stats.json").read_text())
-    assert stats["summary"]["samples"] == 12
+    pool = (run / "pool.jsonl").read_text().splitlines()
+    assert len(samples) == 2 * len(pool) and all(s["model"] == "smollm2-135m-instruct" for s in samples)
+    base = json.loads((run / "eval_base" / "result.json").read_text())
+    trained = json.loads((run / "eval_trained" / "result.json").read_text())
+    assert base["protocol"]["protocol_id"] == trained["protocol"]["protocol_id"]
+    assert trained["model"] == str(run / "trained") and (run / "trained" / "model.safetensors").exists()
+    report = (run / "report.md").read_text()
+    assert "Before / after" in report and "greedy pass@1" in report and (run / "plot_accuracy.png").exists()
     # Rerunning finds every stage done and adds nothing.
-    assert main(["quickstart", f"run_dir={run}", "size=6", "n=2", "max_new_tokens=96"]) == 0
-    assert len((run / "samples.jsonl").read_text().splitlines()) == 12
+    assert main(args) == 0
+    assert len((run / "samples.jsonl").read_text().splitlines()) == len(samples)
+    assert json.loads((run / "manifest.json").read_text())["stages"]["train"]["finished"] == stages["train"]["finished"]

@@ -181,3 +181,20 @@ def test_mcnemar_and_wilson_hand_computed():
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
     lo, hi = wilson(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+
+
+def test_unmerged_lora_folder_is_a_model_spec(tiny_model_dir, sft_file, tmp_path):
+    import torch
+
+    from assay import models
+    from assay.train import run_training
+
+    run_training(_cfg(tiny_model_dir, sft_file, tmp_path / "m", max_steps=2), progress=False)
+    run_training(_cfg(tiny_model_dir, sft_file, tmp_path / "u", max_steps=2, merge=False), progress=False)
+    assert (tmp_path / "u" / "adapter_config.json").exists() and not (tmp_path / "u" / "config.json").exists()
+    assert models.stats_for(str(tmp_path / "u")) == models.stats_for(str(tiny_model_dir))
+    merged, _ = models.load(str(tmp_path / "m"))
+    applied, _ = models.load(str(tmp_path / "u"))
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(merged(x).logits, applied(x).logits, atol=1e-5)

@@ -43,6 +43,8 @@ class Benchmark:
     task_kwargs: Optional[dict] = None
     seed: int = 0
     size: int = 500
+    distinct: bool = False
+    """Drop repeated questions (generators with small spaces repeat themselves)."""
 
     def problems_config(self, out: str, limit: Optional[int], data_dir: Optional[str]):
         from .problems import ProblemsConfig
@@ -50,7 +52,7 @@ class Benchmark:
         rg = self.source.startswith("rg:")
         return ProblemsConfig(source=self.source, out=out, limit=limit, seed=self.seed if rg else 0,
                               size=self.size if rg else 500, task_kwargs=dict(self.task_kwargs or {}),
-                              data_dir=None if rg else data_dir)
+                              data_dir=None if rg else data_dir, distinct=self.distinct)
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
@@ -62,14 +64,14 @@ for _name, _desc in (("gsm8k-test", "GSM8K test, 1319 grade-school word problems
 
 # Reasoning-gym sets: generator seed 10_000 so that item i comes from seed 10_000 + i, disjoint
 # from training pools drawn with small seeds (0..9_999 - size); see ProblemsConfig.seed.
-CHAIN_SUM_SMALL = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
+CHAIN_SUM_SMALL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
 BENCHMARKS.add("rg-chain-sum-v1", Benchmark(
-    "rg:chain_sum", "reasoning-gym chain_sum, 2-3 terms of 1-2 digits (the quickstart's held-out set)",
-    CHAIN_SUM_SMALL, seed=10_000, size=500))
+    "rg:chain_sum", "reasoning-gym chain_sum, 2 terms of 1-2 digits, distinct questions (the quickstart's "
+    "held-out set is its first rows)", CHAIN_SUM_SMALL, seed=10_000, size=500, distinct=True))
 BENCHMARKS.add("rg-basic-arithmetic-v1", Benchmark(
     "rg:basic_arithmetic", "reasoning-gym basic_arithmetic, 2-4 terms, 1-2 digits, with parentheses",
     {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2, "allow_parentheses": True},
-    seed=10_000, size=500))
+    seed=10_000, size=500, distinct=True))
 BENCHMARKS.add("rg-gsm-symbolic-v1", Benchmark(
     "rg:gsm_symbolic", "reasoning-gym gsm_symbolic word problems", {}, seed=10_000, size=500))
 HELDOUT_SEED = 10_000

@@ -107,8 +107,8 @@ def resolve(spec: str) -> str:
         return str(dest)
     p = Path(spec).expanduser()
     if p.exists():
-        if not (p / "config.json").exists():
-            raise InputError(f"model '{spec}': folder has no config.json")
+        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise InputError(f"model '{spec}': folder has no config.json (nor adapter_config.json)")
         return str(p)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # hub id; transformers fetches it (fails offline with its own message)
@@ -116,16 +116,35 @@ def resolve(spec: str) -> str:
     raise InputError(f"model '{spec}': not an embedded model ({known}), a local folder, or a hub id 'org/name'")
 
 
+def adapter_base(path: str | Path) -> Optional[str]:
+    """The base model spec of a LoRA adapter folder (from ``assay train``), or None if not one."""
+    p = Path(path)
+    if not (p / "adapter_config.json").exists() or (p / "config.json").exists():
+        return None
+    if (p / "ASSAY_BASE").exists():
+        return (p / "ASSAY_BASE").read_text().strip()
+    import json
+
+    return json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
 def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
-    """Load (model, tokenizer) for a spec, in eval mode."""
+    """Load (model, tokenizer) for a spec, in eval mode; a LoRA adapter folder is merged into its base."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(spec)
+    base = adapter_base(path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-    ).to(device)
+        resolve(base) if base else path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+    )
+    if base:
+        from peft import PeftModel
+
+        # Merged for inference: one matmul per layer instead of base + adapter.
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    model = model.to(device)
     model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -169,7 +188,8 @@ def stats_from_config(config: Any) -> ModelStats:
 def stats_for(spec: str) -> ModelStats:
     from transformers import AutoConfig
 
-    return stats_from_config(AutoConfig.from_pretrained(resolve(spec)))
+    base = adapter_base(resolve(spec))
+    return stats_from_config(AutoConfig.from_pretrained(resolve(base) if base else resolve(spec)))
 
 
 def forward_flops(stats: ModelStats, new_tokens: int, context_before: int = 0) -> float:

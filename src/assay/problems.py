@@ -60,6 +60,9 @@ class ProblemsConfig:
     id_field: Optional[str] = opt(None, help="JSONL/hf: field holding a unique id (default: <name>-<row index>)")
     subset: Optional[str] = opt(None, help="hf: the dataset's configuration name, e.g. 'main'")
     split: Optional[str] = opt(None, help="hf: the split to load (default 'train')")
+    distinct: bool = opt(False, help=(
+        "keep only the first of problems with the same question (whitespace/case-normalised); the "
+        "repeats go to the rejects file. Small generators repeat themselves: 2-term chain_sum does"))
 
 
 # Options meaningful for each kind of source; setting another is a mistake worth stopping for
@@ -159,8 +162,15 @@ def load_problems(cfg: ProblemsConfig) -> tuple[list[Problem], list[dict]]:
     end = None if cfg.limit is None else cfg.offset + cfg.limit
     kept: list[Problem] = []
     rejected: list[dict] = []
+    first: dict[str, str] = {}
     for p in problems[cfg.offset:end]:
         reason = check_label(p)
+        if reason is None and cfg.distinct:
+            q = " ".join(p.question.lower().split())
+            if q in first:
+                reason = f"duplicate question: same as {first[q]}"
+            else:
+                first[q] = p.id
         if reason is None:
             kept.append(p)
         else:
@@ -198,7 +208,7 @@ def cli_run(cfg: ProblemsConfig) -> int:
     if cfg.limit is not None and taken < cfg.limit:
         print(f"[assay] note: limit {cfg.limit} asked, but only {taken} rows remain after offset {cfg.offset}")
     if rejected:
-        print(f"[assay] rejected {len(rejected)} of {taken} (reference answer wrong or uncheckable) -> {rpath}\n"
+        print(f"[assay] rejected {len(rejected)} of {taken} (wrong or uncheckable reference answer, or a repeated question) -> {rpath}\n"
               f"  {summarize_rejects(rejected)}")
         if not kept:
             print(f"[assay] warning: every problem was rejected; {out} is empty")

@@ -7,9 +7,10 @@ the run directory's manifest (``assay.runs``), so a rerun skips finished stages 
 one that was interrupted.
 
 The default is sized to show a real effect in minutes on 2 CPU cores: reasoning-gym chain_sum
-(the base model's greedy accuracy sits in the low teens), the prompt template on which the base
-model scores best (``plain-v1``, measured against the others in benchmarks/RESULTS.md), and a
-held-out set large enough for McNemar's test to separate the gain from noise.
+with two terms of 1-2 digits (the base model's greedy accuracy is about a quarter), the prompt
+template on which the base model scores best (``plain-v1``, measured against the others in
+benchmarks/RESULTS.md), and a held-out set of ~300 distinct questions, large enough for
+McNemar's test to separate the gain from noise.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ class QuickstartConfig:
     model: str = opt(DEFAULT_MODEL, help="base model spec")
     task: str = opt("rg:chain_sum", help="reasoning-gym task the pool and the held-out set are drawn from")
     task_kwargs: dict = opt(CHAIN_SUM_SMALL, help="the task's settings")
-    pool_size: int = opt(320, help="training-pool problems (generator seeds seed..seed+pool_size-1)")
-    heldout_size: int = opt(300, help="held-out problems (generator seeds heldout_seed..; disjoint from the pool)")
+    pool_size: int = opt(320, help="training-pool rows drawn (generator seeds seed..seed+pool_size-1); repeated "
+                                   "questions and questions also in the held-out set are dropped")
+    heldout_size: int = opt(360, help="held-out rows drawn (generator seeds heldout_seed..; disjoint from the pool); "
+                                      "repeated questions are dropped, so slightly fewer problems remain")
     heldout_seed: int = opt(HELDOUT_SEED, help="first generator seed of the held-out set")
     seed: int = opt(0, help="seed of the pool, the samples, the selection and the training")
-    k: int = opt(8, help="samples per training problem")
+    k: int = opt(4, help="samples per training problem")
     template: str = opt("plain-v1", help="prompt template for sampling, training and evaluation")
     run_dir: str = opt("runs/quickstart", help="where every artifact, the manifest and the report go")
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.7, max_new_tokens=128, max_batch=64),
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.7, max_new_tokens=64, max_batch=64),
                                  metadata={"help": "sampling settings (problems/out/model/n/seed/template are set by the pipeline)"})
     select: SelectConfig = field(default_factory=lambda: SelectConfig(selectors=["correct", "finished", "dedup", "max_per_problem:4"]),
                                  metadata={"help": "selection (inputs/out/seed are set by the pipeline)"})
@@ -108,7 +111,7 @@ def resolve(cfg: QuickstartConfig) -> QuickstartConfig:
 def _write_problems(path: Path, source: str, kwargs: dict, seed: int, size: int) -> dict:
     from .problems import ProblemsConfig, cli_run
 
-    cli_run(ProblemsConfig(source=source, out=str(path), seed=seed, size=size, task_kwargs=dict(kwargs)))
+    cli_run(ProblemsConfig(source=source, out=str(path), seed=seed, size=size, task_kwargs=dict(kwargs), distinct=True))
     return {"problems": len(read_records(path, Problem))}
 
 
@@ -123,13 +126,14 @@ def run(cfg: QuickstartConfig) -> dict:
     cfg = resolve(cfg)
     run_ = Run(cfg.run_dir)
     d = run_.dir
-    save_yaml(d / "config.yaml", to_mapping(cfg))
+    # The resolved recipe: `assay run <run_dir>/recipe.yaml` reproduces this run.
+    save_yaml(d / "recipe.yaml", {"pipeline": "quickstart", **to_mapping(cfg)})
     heldout, pool_raw, pool = d / "heldout.jsonl", d / "pool.raw.jsonl", d / "pool.jsonl"
-    task = {"task": cfg.task, "task_kwargs": cfg.task_kwargs}
+    task = {"task": cfg.task, "task_kwargs": cfg.task_kwargs, "distinct": True}
 
     run_.stage("heldout", {**task, "seed": cfg.heldout_seed, "size": cfg.heldout_size},
                lambda: _write_problems(heldout, cfg.task, cfg.task_kwargs, cfg.heldout_seed, cfg.heldout_size),
-               outputs=[heldout])
+               outputs=[heldout, Path(str(heldout) + ".rejected.jsonl")])
 
     def make_pool():
         _write_problems(pool_raw, cfg.task, cfg.task_kwargs, cfg.seed, cfg.pool_size)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
 
-from .config import deep_merge, from_mapping, load_yaml, opt, parse_overrides, save_yaml, to_mapping
+from .config import deep_merge, from_mapping, load_yaml, opt, parse_overrides
 from .io import InputError
 from .registry import Registry
 
@@ -44,6 +43,5 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[str, objec
 def cli_run(cfg: RecipeConfig) -> int:
     name, pcfg = load_recipe(cfg.recipe, cfg.overrides)
     mod = importlib.import_module(PIPELINES.get(name)[0])
-    resolved = mod.resolve(pcfg)
-    save_yaml(Path(resolved.run_dir) / "recipe.yaml", {"pipeline": name, **to_mapping(resolved)})
+    # The pipeline saves its resolved recipe as <run_dir>/recipe.yaml.
     return int(mod.cli_run(pcfg) or 0)

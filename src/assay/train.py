@@ -285,22 +285,31 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         "n_trainable": n_trainable, "merged": cfg.method == "lora" and cfg.merge,
         "resumed_from": str(resume) if resume else None, "world_size": trainer.args.world_size,
     }
+    _save_model(trainer, tok, cfg, out)
     if trainer.is_world_process_zero():
-        _save_model(trainer.model, tok, cfg, out)
         write_json(summary_path, summary)  # written last: its presence means "finished"
     return summary
 
 
-def _save_model(model, tok, cfg: TrainConfig, out: Path) -> None:
-    model = model.module if hasattr(model, "module") else model
+def _save_model(trainer, tok, cfg: TrainConfig, out: Path) -> None:
+    """Save through the Trainer (it gathers sharded FSDP/DeepSpeed weights); merge on rank 0 only.
+
+    LoRA with merge: the adapter goes to ``out/adapter`` and the merged model to ``out``, so the
+    folder loads like any HF model. LoRA without merge: the adapter goes to ``out`` itself, which
+    ``assay.models.load`` recognises (base from ``ASSAY_BASE``, adapter applied on load).
+    """
+    lora_dir = out / "adapter" if cfg.merge else out
+    trainer.save_model(str(lora_dir if cfg.method == "lora" else out))
+    if not trainer.is_world_process_zero():
+        return
     if cfg.method == "lora":
-        model.save_pretrained(out / "adapter")
-        tok.save_pretrained(out / "adapter")
-        (out / "adapter" / "ASSAY_BASE").write_text(cfg.model + "\n")
-        if not cfg.merge:
-            return
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
+        tok.save_pretrained(lora_dir)
+        (lora_dir / "ASSAY_BASE").write_text(cfg.model + "\n")
+        if cfg.merge:
+            from .models import load
+
+            merged, _ = load(str(lora_dir), trust_remote_code=cfg.trust_remote_code)
+            merged.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "ASSAY_BASE").write_text(cfg.model + "\n")
 
