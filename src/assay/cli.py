@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("assay.generate", "SampleConfig", "sample n completions per problem (resumable)"),
     "verify": ("assay.verify", "VerifyConfig", "extract final answers and judge them (all cores, time-limited)"),
     "stats": ("assay.metrics", "StatsConfig", "pass@k, coverage@k, maj@k, diversity@k, tokens, FLOPs"),
+    "plan": ("assay.plan", "PlanConfig", "compute-matched samples per problem for several models under one budget"),
+    "judge": ("assay.judge", "JudgeConfig", "false-positive rate: judge the reasoning of answer-correct samples (LLM or human audit)"),
     "select": ("assay.select", "SelectConfig", "turn verified samples into an SFT dataset through a selector pipeline"),
     "train": ("assay.train", "TrainConfig", "supervised fine-tuning with TRL: LoRA or full (resumable)"),
     "eval": ("assay.evaluate", "EvalConfig", "greedy pass@1, avg@n, maj@k on a benchmark under a pinned protocol"),

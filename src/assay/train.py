@@ -165,10 +165,10 @@ def _make_callback(meter: _Meter, log_path: Path, t0: float):
                 fh.write(json.dumps(row) + "\n")
 
         def on_save(self, args, state, control, **kw):
-            if state.is_world_process_zero:
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if ckpt.exists():
-                    write_json(ckpt / "assay_meter.json", meter.state())
+            # Every rank saves its own counts (they are summed across ranks at the end).
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.exists():
+                write_json(ckpt / f"assay_meter.{args.process_index}.json", meter.state())
 
     return AssayLog()
 
@@ -259,16 +259,20 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     meter = _Meter(stats_for(cfg.model), cfg.method, n_lora, cfg.gradient_checkpointing)
     trainer = _trainer_class(meter)(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok)
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(out / "train_config.yaml", to_mapping(cfg))
     log_path = out / "train_log.jsonl"
     resume = _last_checkpoint(ckpt_dir)
+    main = trainer.is_world_process_zero()  # under `accelerate launch`, one writer per file
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(out / "train_config.yaml", to_mapping(cfg))
     if resume is not None:
-        _truncate_log(log_path, int(resume.name.split("-")[-1]))
-        if (resume / "assay_meter.json").exists():
-            meter.load(json.loads((resume / "assay_meter.json").read_text()))
+        if main:
+            _truncate_log(log_path, int(resume.name.split("-")[-1]))
+        saved = resume / f"assay_meter.{trainer.args.process_index}.json"
+        if saved.exists():
+            meter.load(json.loads(saved.read_text()))
         print(f"[assay] train: resuming from {resume}")
-    elif log_path.exists():
+    elif main and log_path.exists():
         log_path.unlink()
     t0 = time.perf_counter()
     trainer.add_callback(_make_callback(meter, log_path, t0))

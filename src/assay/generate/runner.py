@@ -43,6 +43,8 @@ class SampleConfig:
     limit: Optional[int] = opt(None, help="use only the first N problems")
     shard: str = opt("0/1", help="'i/N': take problems whose position modulo N is i")
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
+    budget: str = opt("", help=("sample until this many FLOPs are realized, then trim to it (e.g. 1e15); n is the "
+                                "starting guess (see `assay plan`); raw samples go to <out>.all.jsonl"))
 
 
 def sample_seed(base: int, problem_id: str, sample_index: int) -> int:
@@ -134,6 +136,18 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
 
 
 def cli_run(cfg: SampleConfig) -> int:
+    if cfg.budget:
+        from ..plan import parse_budget
+        from .budget import run_budgeted
+
+        budget, unit = parse_budget(cfg.budget)
+        if unit != "flops":
+            raise InputError(f"sample --budget {cfg.budget}: local sampling is budgeted in FLOPs")
+        b = run_budgeted(cfg, budget)
+        print(f"[assay] {cfg.out}: {b['samples']} samples ({b['k_min']}-{b['k_max']} per problem), realized "
+              f"{b['realized_flops']:.4g} FLOPs = {b['realized_over_budget']:.2%} of the budget; "
+              f"{b['over_budget']} over-budget samples in {cfg.out}.over_budget.jsonl")
+        return 0
     s = run_sampling(cfg)
     rate = s["completion_tokens"] / s["seconds"] if s["seconds"] else 0.0
     print(f"[assay] {cfg.out}: {s['sampled']} new samples ({s['already_done']} already done), "
