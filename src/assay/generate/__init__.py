@@ -4,15 +4,30 @@ from .base import BACKENDS, Decoding, Generated, Generator, PromptGroup
 from .runner import SampleConfig, cli_run, run_sampling, sample_seed
 
 
+_HF_OPTIONS = {"dtype", "device", "max_batch", "trust_remote_code", "refill_fraction"}
+_OPENAI_OPTIONS = {"base_url", "concurrency", "cache", "n_params", "api_key_env"}
+
+
 def _hf_factory(model: str, **kw):
     # Imported on use: the CLI imports this package to build its parser, torch should not load then.
     from .hf import HFGenerator
 
-    return HFGenerator(model, **kw)
+    return HFGenerator(model, **{k: v for k, v in kw.items() if k in _HF_OPTIONS})
+
+
+def _openai_factory(model: str, **kw):
+    from .openai_api import OpenAIGenerator
+
+    opts = {k: v for k, v in kw.items() if k in _OPENAI_OPTIONS}
+    if "concurrency" not in opts and "max_batch" in kw:
+        opts["concurrency"] = kw["max_batch"]
+    return OpenAIGenerator(model, **opts)
 
 
 if "hf" not in BACKENDS:
     BACKENDS.add("hf", _hf_factory)
+if "openai" not in BACKENDS:
+    BACKENDS.add("openai", _openai_factory)
 
 __all__ = ["BACKENDS", "Decoding", "Generated", "Generator", "PromptGroup", "SampleConfig", "cli_run",
            "run_sampling", "sample_seed"]

@@ -8,7 +8,7 @@ only the part that talks to an engine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 from ..registry import Registry
 
@@ -35,6 +35,8 @@ class PromptGroup:
     messages: list[dict]
     samples: list[tuple[int, int]]
     """(sample_index, seed) pairs."""
+    prompt: Optional[str] = None
+    """A raw text prompt (completions API); when set, ``messages`` is ignored and no chat template applies."""
 
 
 @dataclass

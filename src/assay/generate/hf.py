@@ -32,13 +32,18 @@ class HFGenerator:
         self.engine_stats = EngineStats()
         return self
 
+    def _prompt_ids(self, g: PromptGroup) -> list[int]:
+        if g.prompt is not None:
+            return list(self.tokenizer(g.prompt)["input_ids"])
+        return render_ids(g.messages, self.tokenizer)
+
     def generate(self, groups: Sequence[PromptGroup], decoding: Decoding) -> Iterator[Generated]:
         engine = ContinuousBatcher(
             self.model, self.tokenizer, self.mstats, max_batch=self.max_batch,
             max_new_tokens=decoding.max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
             stop=decoding.stop, refill_fraction=self.refill_fraction)
         self.engine_stats = engine.stats
-        requests = (GroupRequest(g.problem_id, render_ids(g.messages, self.tokenizer), g.samples) for g in groups)
+        requests = (GroupRequest(g.problem_id, self._prompt_ids(g), g.samples) for g in groups)
         for c in engine.run(requests):
             yield Generated(c.group_id, c.sample_index, c.seed, c.text, c.prompt_tokens, c.completion_tokens,
                             c.flops, c.finish_reason)

@@ -43,6 +43,7 @@ class SampleConfig:
     limit: Optional[int] = opt(None, help="use only the first N problems")
     shard: str = opt("0/1", help="'i/N': take problems whose position modulo N is i")
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
+    base_url: str = opt("", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL)")
     budget: str = opt("", help=("sample until this many FLOPs are realized, then trim to it (e.g. 1e15); n is the "
                                 "starting guess (see `assay plan`); raw samples go to <out>.all.jsonl"))
 
@@ -111,7 +112,8 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
     if generator is None:
         factory = BACKENDS.get(cfg.backend)
         generator = factory(cfg.model, dtype=cfg.dtype, device=cfg.device, max_batch=cfg.max_batch,
-                            trust_remote_code=cfg.trust_remote_code)
+                            trust_remote_code=cfg.trust_remote_code, base_url=cfg.base_url,
+                            cache=str(cfg.out) + ".api_cache.jsonl")
     from tqdm import tqdm
 
     t0 = time.perf_counter()

@@ -1,0 +1,143 @@
+"""The OpenAI-compatible client backend: sampling, judging and teachers behind any such server.
+
+vLLM, SGLang, llama.cpp, hosted APIs and ``assay serve`` all speak this API, so one client covers
+them. It sends one request per sample (n=1 with the sample's own seed, so a sample does not
+depend on its batch-mates, as in the local backend), runs up to ``concurrency`` requests at once,
+retries 429/5xx and connection errors with exponential backoff and jitter, and keeps a request
+cache on disk: a rerun with the same payloads is answered from the cache without a request.
+
+The API key is read from the environment (``$OPENAI_API_KEY`` by default) and is never printed,
+logged, cached or written to a config: the cache key is the URL and the payload only.
+FLOPs: the server's model size is unknown to the client; pass ``n_params`` to charge
+2 x n_params x tokens per sample (the prompt split among the group's samples), otherwise 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+from ..io import InputError, open_resumable
+from .base import Decoding, Generated, PromptGroup
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class APIError(RuntimeError):
+    pass
+
+
+@dataclass
+class CachedResponse:
+    key: str
+    response: dict
+
+    kind = "api_cache"
+
+
+class OpenAIGenerator:
+    def __init__(self, model: str, base_url: str = "", concurrency: int = 8, max_retries: int = 5,
+                 backoff_s: float = 0.5, timeout_s: float = 600.0, cache: Optional[str] = None,
+                 n_params: Optional[float] = None, api_key_env: str = "OPENAI_API_KEY", chat: bool = True):
+        self.model_name = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL", "")).rstrip("/")
+        if not self.base_url:
+            raise InputError("openai backend: no server URL (pass base_url / --base-url or set OPENAI_BASE_URL)")
+        self.concurrency, self.max_retries, self.backoff_s = max(1, concurrency), max_retries, backoff_s
+        self.timeout_s, self.n_params, self.chat = timeout_s, n_params, chat
+        self._api_key_env = api_key_env
+        self.cache_path = cache
+        self.requests_sent = 0
+        self._lock = threading.Lock()
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    def _post(self, route: str, payload: dict) -> dict:
+        url = f"{self.base_url}/{route}"
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self._api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = json.dumps(payload).encode()
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                with self._lock:
+                    self.requests_sent += 1
+                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                body = exc.read()[:300].decode("utf-8", "replace")
+                last = f"HTTP {exc.code} from {url}: {body}"
+                if exc.code not in RETRY_STATUS:
+                    raise APIError(last) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                last = f"{type(exc).__name__} talking to {url}: {getattr(exc, 'reason', exc)}"
+            if attempt < self.max_retries:
+                time.sleep(self.backoff_s * (2 ** attempt) * (0.5 + random.random()))
+        raise APIError(f"giving up after {self.max_retries + 1} attempts: {last}")
+
+    def _payload(self, g: PromptGroup, seed: int, decoding: Decoding) -> tuple[str, dict]:
+        p = {"model": self.model_name, "temperature": decoding.temperature, "top_p": decoding.top_p,
+             "max_tokens": decoding.max_new_tokens, "n": 1, "seed": seed}
+        if decoding.stop:
+            p["stop"] = list(decoding.stop)
+        if g.prompt is not None or not self.chat:
+            p["prompt"] = g.prompt if g.prompt is not None else "\n\n".join(m["content"] for m in g.messages)
+            return "completions", p
+        p["messages"] = g.messages
+        return "chat/completions", p
+
+    # -- Generator protocol -----------------------------------------------------------------------
+    def generate(self, groups: Sequence[PromptGroup], decoding: Decoding) -> Iterator[Generated]:
+        cache: dict[str, dict] = {}
+        writer = None
+        if self.cache_path:
+            rows, writer = open_resumable(self.cache_path, CachedResponse, lambda r: r.key)
+            cache = {r.key: r.response for r in rows}
+        jobs = []
+        for g in groups:
+            for index, seed in g.samples:
+                route, payload = self._payload(g, seed, decoding)
+                key = hashlib.sha256(json.dumps([self.base_url, route, payload], sort_keys=True).encode()).hexdigest()
+                jobs.append((g, index, seed, route, payload, key, len(g.samples)))
+        try:
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                futures = {}
+                for job in jobs:
+                    key = job[5]
+                    if key in cache:
+                        yield self._generated(job, cache[key])
+                    else:
+                        futures[pool.submit(self._post, job[3], job[4])] = job
+                for fut in as_completed(futures):
+                    job = futures[fut]
+                    resp = fut.result()
+                    if writer is not None:
+                        writer.write(CachedResponse(job[5], resp))
+                    yield self._generated(job, resp)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def _generated(self, job, resp: dict) -> Generated:
+        g, index, seed, route, _, _, group_size = job
+        try:
+            choice = resp["choices"][0]
+            text = choice["message"]["content"] if "message" in choice else choice["text"]
+            usage = resp.get("usage") or {}
+        except (KeyError, IndexError, TypeError):
+            raise APIError(f"unexpected response shape from {self.base_url}/{route}: {str(resp)[:200]}") from None
+        pt, ct = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        flops = 2.0 * self.n_params * (pt / group_size + ct) if self.n_params else 0.0
+        reason = choice.get("finish_reason") or "stop"
+        return Generated(g.problem_id, index, seed, text or "", pt, ct, flops, "length" if reason == "length" else "stop")
