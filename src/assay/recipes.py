@@ -15,9 +15,10 @@ from .config import deep_merge, from_mapping, load_yaml, opt, parse_overrides
 from .io import InputError
 from .registry import Registry
 
-# pipeline name -> (module, config class); the module has `cli_run(cfg)` and `resolve(cfg)`.
+# pipeline name -> (module, config class); the module has `cli_run(cfg)`.
 PIPELINES: Registry[tuple[str, str]] = Registry("pipeline")
 PIPELINES.add("quickstart", ("assay.quickstart", "QuickstartConfig"))
+PIPELINES.add("study-sampling", ("assay.study_sampling", "StudySamplingConfig"))
 
 
 @dataclass
