@@ -70,3 +70,18 @@ def test_sample_with_budget_realizes_it_within_one_sample(tiny_model_dir, tmp_pa
     over = [json.loads(x) for x in (tmp_path / "b.jsonl.over_budget.jsonl").read_text().splitlines()]
     allp = read_records(tmp_path / "b.jsonl.all.jsonl", Sample)
     assert len(kept) + len(over) == len(allp) and all(o["reason"] == "over the FLOPs budget" for o in over)
+
+
+def test_plan_cli_measures_prompts_per_tokenizer(tiny_model_dir, tmp_path, capsys):
+    from assay.cli import main
+
+    write_records(tmp_path / "p.jsonl", [Problem(f"q{i}", f"What is {i} + 1?", str(i + 1), "t") for i in range(4)])
+    rc = main(["plan", "--models", f"{tiny_model_dir},api-model", "--problems", str(tmp_path / "p.jsonl"),
+               "--k-anchor", "2", "--completion-tokens", "10", "n_params=[api-model=1000]",
+               "prompt_tokens=[api-model=5]"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "api-model" in out and "budget" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(str(tiny_model_dir)) or line.startswith("api")]
+    assert rows[0][4] == "2"  # the anchor gets k_anchor
+    assert int(rows[1][4]) > 2  # a tiny API model gets many more

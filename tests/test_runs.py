@@ -112,3 +112,16 @@ def test_report_needs_a_run_dir(tmp_path):
     from assay.cli import main
 
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_list_flags_split_on_commas():
+    """Bare `list` fields given as flags become lists (a string here once became its characters)."""
+    import argparse
+
+    from assay.config import add_config_args, config_from_args
+    from assay.select import SelectConfig
+
+    p = argparse.ArgumentParser()
+    add_config_args(p, SelectConfig)
+    cfg = config_from_args(SelectConfig, p.parse_args(["--selectors", "correct,dedup,shortest:2"]))
+    assert cfg.selectors == ["correct", "dedup", "shortest:2"]

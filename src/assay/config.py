@@ -65,7 +65,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise InputError(f"{where}: expected a number, got {value!r}") from None
     if annotation is str:
         return str(value)
-    if origin is list:
+    if origin is list or annotation is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list):

@@ -120,6 +120,7 @@ class PlanConfig:
     completion_tokens: float = opt(256.0, help="expected mean completion tokens per sample (from a pilot run)")
     n_params: list = opt([], help="override parameter counts, 'spec=N' (API models)")
     prices: list = opt([], help="dollar prices per token, 'spec=IN:OUT' (API models)")
+    prompt_tokens: list = opt([], help="override mean prompt tokens, 'spec=N' (API models, whose tokenizer is not local)")
 
 
 def _kv(items: list[str], what: str) -> dict[str, str]:
@@ -136,12 +137,10 @@ def mean_prompt_tokens(spec: str, problems, template: str) -> float:
     """Mean prompt length of ``problems`` under ``spec``'s tokenizer and chat template."""
     from transformers import AutoTokenizer
 
-    from .models import adapter_base, resolve
+    from .models import resolve
     from .prompts import TEMPLATES, render_ids
 
-    path = resolve(spec)
-    base = adapter_base(path)
-    tok = AutoTokenizer.from_pretrained(path if not base else path)
+    tok = AutoTokenizer.from_pretrained(resolve(spec))  # adapter folders carry their tokenizer too
     tpl = TEMPLATES.get(template)
     return sum(len(render_ids(tpl.messages(p.question), tok)) for p in problems) / len(problems)
 
@@ -153,6 +152,7 @@ def build_arms(cfg: PlanConfig, problems) -> list[Arm]:
         raise InputError("plan: give at least one model (--models a,b)")
     n_over = _kv(cfg.n_params, "n_params")
     prices = _kv(cfg.prices, "prices")
+    p_over = _kv(cfg.prompt_tokens, "prompt_tokens")
     arms = []
     for spec in cfg.models:
         n = float(n_over[spec]) if spec in n_over else float(stats_for(spec).n_matmul)
@@ -162,7 +162,8 @@ def build_arms(cfg: PlanConfig, problems) -> list[Arm]:
                 p_in, p_out = (float(x) for x in prices[spec].split(":"))
             except ValueError:
                 raise InputError(f"prices '{spec}={prices[spec]}': expected IN:OUT dollars per token") from None
-        arms.append(Arm(spec, n, mean_prompt_tokens(spec, problems, cfg.template), cfg.completion_tokens, p_in, p_out))
+        p_tok = float(p_over[spec]) if spec in p_over else mean_prompt_tokens(spec, problems, cfg.template)
+        arms.append(Arm(spec, n, p_tok, cfg.completion_tokens, p_in, p_out))
     return arms
 
 

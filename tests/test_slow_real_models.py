@@ -1,4 +1,4 @@
-"""The real path: the embedded SmolLM2-135M-Instruct through every core stage (slow tier)."""
+"""The real path: the embedded models (SmolLM2-135M-Instruct, Gemma 3 270M) through the stages (slow tier)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,34 @@ def test_quickstart_full_loop_reduced(tmp_path):
     assert main(args) == 0
     assert len((run / "samples.jsonl").read_text().splitlines()) == len(samples)
     assert json.loads((run / "manifest.json").read_text())["stages"]["train"]["finished"] == stages["train"]["finished"]
+
+
+def test_gemma_from_chunk_packages_matches_generate():
+    """The second embedded model: assembled from 4 packages, checksum-verified, converted, sampled."""
+    from assay import models
+    from assay.generate.engine import ContinuousBatcher, GroupRequest
+    from assay.prompts import TEMPLATES, render_ids
+
+    s = models.stats_for("gemma3-270m")
+    assert s.n_params == 268_098_176 and s.n_layers == 18
+    model, tok = models.load("gemma3-270m")
+    prompts = [render_ids(TEMPLATES.get("plain-v1").messages(q), tok)
+               for q in ("State the final answer to the following arithmetic problem: 12 + 7 =", "What is 9 * 8?")]
+    eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=2, max_new_tokens=12)
+    got = {int(c.group_id): c.token_ids for c in eng.run([GroupRequest(str(i), p, [(0, 0)]) for i, p in enumerate(prompts)])}
+    for i, p in enumerate(prompts):
+        ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             max_new_tokens=12, do_sample=False)[0, len(p):].tolist()
+        assert got[i] == ref
+
+
+def test_study_sampling_real_models_reduced(tmp_path):
+    from assay.cli import main
+
+    run = tmp_path / "study"
+    assert main(["study", "sampling", "problems=16", "k_se=1", f"run_dir={run}"]) == 0
+    study = json.loads((run / "study.json").read_text())
+    f_wc, f_se = study["WC"]["budget"]["realized_flops"], study["SE"]["budget"]["realized_flops"]
+    assert study["WC"]["model"] == "smollm2-135m-instruct" and study["SE"]["model"] == "gemma3-270m"
+    assert abs(f_wc - f_se) / f_se < 0.05
+    assert study["WC"]["budget"]["samples"] > study["SE"]["budget"]["samples"]  # cheaper model, more samples
