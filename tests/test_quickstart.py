@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 
 def _args(model: Path, run: Path) -> list[str]:
     # Random selection: the tiny model solves nothing, and the loop must still run through.

@@ -31,18 +31,23 @@ def test_embedded_model_resolves_to_cached_safetensors(smol):
 
 
 def test_engine_matches_generate_on_smollm2(smol):
-    from assay import models
-    from assay.generate.engine import ContinuousBatcher, GroupRequest
     from assay.prompts import TEMPLATES, render_ids
 
     model, tok = smol
     qs = ["What is 12 + 7?", "A shop sells 3 pens for 5 dollars. How much do 9 pens cost?", "What is 9 * 8?"]
-    prompts = [render_ids(TEMPLATES.get("boxed-v1").messages(q), tok) for q in qs]
-    eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=2, max_new_tokens=24)
+    _assert_engine_matches_generate(model, tok, [render_ids(TEMPLATES.get("boxed-v1").messages(q), tok) for q in qs], 24)
+
+
+def _assert_engine_matches_generate(model, tok, prompts, max_new_tokens):
+    from assay import models
+    from assay.generate.engine import ContinuousBatcher, GroupRequest
+
+    eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=2,
+                            max_new_tokens=max_new_tokens)
     got = {int(c.group_id): c.token_ids for c in eng.run([GroupRequest(str(i), p, [(0, 0)]) for i, p in enumerate(prompts)])}
     for i, p in enumerate(prompts):
         ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                             max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+                             max_new_tokens=max_new_tokens, do_sample=False)[0, len(p):].tolist()
         assert got[i] == ref
 
 
@@ -78,7 +83,6 @@ def test_quickstart_full_loop_reduced(tmp_path):
 def test_gemma_from_chunk_packages_matches_generate():
     """The second embedded model: assembled from 4 packages, checksum-verified, converted, sampled."""
     from assay import models
-    from assay.generate.engine import ContinuousBatcher, GroupRequest
     from assay.prompts import TEMPLATES, render_ids
 
     s = models.stats_for("gemma3-270m")
@@ -86,12 +90,7 @@ def test_gemma_from_chunk_packages_matches_generate():
     model, tok = models.load("gemma3-270m")
     prompts = [render_ids(TEMPLATES.get("plain-v1").messages(q), tok)
                for q in ("State the final answer to the following arithmetic problem: 12 + 7 =", "What is 9 * 8?")]
-    eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=2, max_new_tokens=12)
-    got = {int(c.group_id): c.token_ids for c in eng.run([GroupRequest(str(i), p, [(0, 0)]) for i, p in enumerate(prompts)])}
-    for i, p in enumerate(prompts):
-        ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                             max_new_tokens=12, do_sample=False)[0, len(p):].tolist()
-        assert got[i] == ref
+    _assert_engine_matches_generate(model, tok, prompts, 12)
 
 
 def test_study_sampling_real_models_reduced(tmp_path):

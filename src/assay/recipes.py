@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import deep_merge, from_mapping, load_yaml, opt, parse_overrides
 from .io import InputError

@@ -65,6 +65,15 @@ def before_after_table(d: Path) -> str:
     return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
 
+def _save(fig, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out.name
+
+
 def _plot_passk(d: Path, out: Path) -> Optional[str]:
     stats = _load(d / "pool_stats.json")
     if not stats:
@@ -80,10 +89,7 @@ def _plot_passk(d: Path, out: Path) -> Optional[str]:
     ax.set_ylabel("fraction of pool problems")
     ax.set_title("Training pool: pass@k of the base model")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _save(fig, out)
 
 
 def _plot_before_after(evals: dict[str, dict], out: Path) -> Optional[str]:
@@ -100,10 +106,7 @@ def _plot_before_after(evals: dict[str, dict], out: Path) -> Optional[str]:
     ax.set_xticks(list(xs), [n for n, _ in pts])
     ax.set_ylabel("greedy pass@1 (95% CI)")
     ax.set_title("Held-out accuracy")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _save(fig, out)
 
 
 def _plot_flops(stages: dict[str, dict], out: Path) -> Optional[str]:
@@ -117,10 +120,7 @@ def _plot_flops(stages: dict[str, dict], out: Path) -> Optional[str]:
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs")
     ax.set_title("Compute per stage")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _save(fig, out)
 
 
 def _plot_loss(d: Path, out: Path) -> Optional[str]:
@@ -137,10 +137,7 @@ def _plot_loss(d: Path, out: Path) -> Optional[str]:
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (assistant tokens)")
     ax.set_title("Training loss")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _save(fig, out)
 
 
 def write_report(run_dir: str | Path) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional
 
 from ..io import InputError, read_records, write_json, write_records
 from ..records import Problem, Sample

@@ -187,7 +187,6 @@ class ContinuousBatcher:
         Kept rows and new rows are right-aligned to a common length; leading columns that no row
         attends to are trimmed, so padding does not accumulate across refills.
         """
-        parts_mask = []
         if keep and self.cache is not None:
             old_mask = self.mask[keep]
             first = int(old_mask.any(0).nonzero()[0]) if old_mask.any() else old_mask.shape[1]

@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 
 from .. import models
 from ..prompts import render_ids
-from .base import BACKENDS, Decoding, Generated, PromptGroup
+from .base import Decoding, Generated, PromptGroup
 from .engine import ContinuousBatcher, EngineStats, GroupRequest
 
 
