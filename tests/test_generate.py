@@ -165,17 +165,17 @@ def test_sigkill_then_rerun_completes_without_loss_or_duplicates(tiny_model_dir,
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if out.exists() and out.read_text().count("\n") >= 5:
+        if out.exists() and out.read_bytes().count(b"\n") >= 5:
             break
         if proc.poll() is not None:
             pytest.fail("sampler finished before it could be killed; make the job longer")
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = out.read_text().count("\n")
+    partial = out.read_bytes().count(b"\n")
     assert 5 <= partial < 32
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    lines = [json.loads(line) for line in out.read_bytes().split(b"\n") if line.strip()]
     keys = [(r["problem_id"], r["sample_index"]) for r in lines]
     assert len(keys) == len(set(keys)) == 32
 
