@@ -58,15 +58,22 @@ def test_study_with_llm_judge_and_students(two_tiny, tmp_path):
     from assay.train import TrainConfig
 
     wc, se = two_tiny
-    cfg = StudySamplingConfig(wc=wc, se=se, problems=6, k_se=1, completion_tokens=8, max_new_tokens=6,
-                              run_dir=str(tmp_path / "s"), judge=wc, train=True, heldout=4,
-                              student_train=TrainConfig(max_steps=1, batch_size=2))
-    # The tiny models solve nothing, so there is no correct sample to judge or train on:
-    # the study must say so instead of training on nothing.
+    base = dict(wc=wc, se=se, problems=6, k_se=1, completion_tokens=8, max_new_tokens=6, judge=wc, train=True,
+                heldout=4, student_train=TrainConfig(max_steps=1, batch_size=2))
+    # The tiny models solve nothing: with the default selection there is nothing to train on,
+    # and the study says so instead of training on nothing.
     with pytest.raises(Exception, match="no training examples"):
-        run(cfg)
-    study_dir = tmp_path / "s"
-    assert (study_dir / "WC.samples.jsonl").exists() and (study_dir / "SE.verdicts.jsonl").exists()
+        run(StudySamplingConfig(run_dir=str(tmp_path / "s"), **base))
+    # Random selection exercises the three student setups end to end.
+    results = run(StudySamplingConfig(run_dir=str(tmp_path / "r"), student_selectors=["random:4"], **base))
+    assert set(results["students"]) == {"knowledge_distillation", "self_improvement", "weak_to_strong"}
+    assert results["students"]["weak_to_strong"]["student"] == se
+    assert results["students"]["knowledge_distillation"]["data"] == "SE"
+    for setup in results["students"]:
+        assert (tmp_path / "r" / f"{setup}.student" / "train_summary.json").exists()
+        assert 0.0 <= results["students"][setup]["after"] <= 1.0
+    # No answer-correct samples, so the LLM judge had nothing to judge: FPR undefined, n = 0.
+    assert results["WC"]["fpr"]["judged"] == 0 and results["WC"]["fpr"]["fpr"] is None
 
 
 def test_study_killed_mid_sampling_resumes_without_duplicates(two_tiny, tmp_path):

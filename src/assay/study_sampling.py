@@ -57,6 +57,7 @@ class StudySamplingConfig:
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(method="lora", epochs=2, batch_size=8),
                                        metadata={"help": "student training settings (data/out/model set by the study)"})
     heldout: int = opt(200, help="train=true: held-out rows (seeds from 10000) for the students")
+    student_selectors: list = opt(["correct", "finished", "dedup"], help="train=true: how each arm's samples become SFT data")
     run_dir: str = opt("runs/study-sampling", help="where everything goes")
 
 
@@ -181,7 +182,7 @@ def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
     for setup, (student, arm) in setups.items():
         scfg = SelectConfig(problems=str(d / "problems.jsonl"), samples=str(d / f"{arm}.samples.jsonl"),
                             verdicts=str(d / f"{arm}.verdicts.jsonl"), out=str(d / f"{setup}.sft.jsonl"),
-                            selectors=["correct", "finished", "dedup"], seed=cfg.seed)
+                            selectors=list(cfg.student_selectors), seed=cfg.seed)
         run_.stage(f"select_{setup}", to_mapping(scfg), lambda scfg=scfg: run_select(scfg),
                    inputs=[scfg.samples, scfg.verdicts], outputs=[scfg.out])
         tcfg = dataclasses.replace(cfg.student_train, data=scfg.out, out=str(d / f"{setup}.student"), model=student,
@@ -247,8 +248,19 @@ def write_study_report(d: Path, results: dict) -> None:
     fig.tight_layout()
     fig.savefig(d / "plot_coverage_diversity.png", dpi=110)
     plt.close(fig)
-    lines = ["# Compute-matched sampling study", "", "```", format_table(results), "```", "",
-             "![coverage and diversity vs FLOPs](plot_coverage_diversity.png)", "",
+    plots = ["![coverage and diversity vs FLOPs](plot_coverage_diversity.png)"]
+    judged = [(t, results[t]["fpr"]) for t in ("WC", "SE") if (results[t].get("fpr") or {}).get("fpr") is not None]
+    if judged:
+        fig, ax = plt.subplots(figsize=(4, 3.2))
+        vals = [f["fpr"] for _, f in judged]
+        err = [[v - f["ci95"][0] for v, (_, f) in zip(vals, judged)], [f["ci95"][1] - v for v, (_, f) in zip(vals, judged)]]
+        ax.bar([f"{t} (n={f['judged']})" for t, f in judged], vals, yerr=err, capsize=6, color=["#2a7ab0", "#e08a1e"][: len(judged)])
+        ax.set_ylabel("false-positive rate (95% CI)")
+        fig.tight_layout()
+        fig.savefig(d / "plot_fpr.png", dpi=110)
+        plt.close(fig)
+        plots.append("![false-positive rate](plot_fpr.png)")
+    lines = ["# Compute-matched sampling study", "", "```", format_table(results), "```", "", *plots, "",
              "Both arms sample the same problems; the budget is enforced on realized FLOPs (see plan.json and "
              "*.samples.jsonl.budget.json). Per-stage inputs, outputs and FLOPs are in manifest.json.", ""]
     (d / "report.md").write_text("\n".join(lines), encoding="utf-8")
