@@ -198,3 +198,15 @@ def test_unmerged_lora_folder_is_a_model_spec(tiny_model_dir, sft_file, tmp_path
     x = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(merged(x).logits, applied(x).logits, atol=1e-5)
+
+
+def test_protocol_id_depends_on_content_not_location(tiny_model_dir, tmp_path):
+    from assay.evaluate import EvalConfig, protocol
+
+    probs = _problems(3)
+    a = protocol(EvalConfig(benchmark=str(tmp_path / "run1" / "heldout.jsonl")), probs)
+    b = protocol(EvalConfig(benchmark=str(tmp_path / "run2" / "heldout.jsonl")), probs)
+    assert a["protocol_id"] == b["protocol_id"]
+    c = protocol(EvalConfig(benchmark=str(tmp_path / "run1" / "heldout.jsonl")), probs[:2])
+    d = protocol(EvalConfig(benchmark=str(tmp_path / "run1" / "heldout.jsonl"), max_new_tokens=64), probs)
+    assert len({a["protocol_id"], c["protocol_id"], d["protocol_id"]}) == 3

@@ -129,7 +129,9 @@ def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
 
     tpl = TEMPLATES.get(cfg.template)
     p = {
-        "version": PROTOCOL_VERSION, "benchmark": cfg.benchmark, "limit": cfg.limit,
+        # A file benchmark is identified by its content hash below, not by where it lies.
+        "version": PROTOCOL_VERSION, "limit": cfg.limit,
+        "benchmark": cfg.benchmark if cfg.benchmark in BENCHMARKS.names() else Path(cfg.benchmark).name,
         "problems_sha256": problems_hash(problems), "n_problems": len(problems),
         "template": tpl.id, "template_sha256": hashlib.sha256(json.dumps([tpl.system, tpl.user]).encode()).hexdigest()[:16],
         "max_new_tokens": cfg.max_new_tokens, "greedy": cfg.greedy, "n": cfg.n,
