@@ -146,3 +146,20 @@ def test_assay_serve_cli_and_sample_through_it(tiny_model_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_judge_command_through_the_openai_backend(server, tmp_path):
+    from assay.cli import main
+    from assay.io import write_records
+    from assay.records import Problem, Sample, Verdict
+
+    write_records(tmp_path / "p.jsonl", [Problem("a", "1 + 1 =", "2", "t")])
+    write_records(tmp_path / "s.jsonl", [Sample("a", 0, "m", "plain-v1", "1 + 1 = 2", 3, 4, 1.0, "stop", {}, 0)])
+    write_records(tmp_path / "v.jsonl", [Verdict("a", 0, "2", True, "x")])
+    rc = main(["judge", "--problems", str(tmp_path / "p.jsonl"), "--samples", str(tmp_path / "s.jsonl"),
+               "--verdicts", str(tmp_path / "v.jsonl"), "--out", str(tmp_path / "j.jsonl"), "--generator", "openai",
+               "--base-url", server, "--model", "tiny", "--max-new-tokens", "4"])
+    assert rc == 0
+    j = json.loads((tmp_path / "j.jsonl").read_text().split("\n")[0])
+    assert j["judge"] == "llm:tiny" and j["template"] == "judge-v1"
+    assert json.loads((tmp_path / "j.jsonl.fpr.json").read_text())["judge"] == "llm:tiny"

@@ -235,7 +235,9 @@ class JudgeConfig:
     verdicts: str = opt("verdicts.jsonl", help="Verdict JSONL: only answer-correct samples are judged")
     out: str = opt("judgments.jsonl", help="Judgment JSONL to write; the FPR summary goes to <out>.fpr.json")
     backend: str = opt("llm", help="llm (a model judges), export (write an audit CSV), import (read a filled one)")
-    model: str = opt(DEFAULT_MODEL, help="llm: the judge model spec")
+    model: str = opt(DEFAULT_MODEL, help="llm: the judge model spec (or the served model's name with generator=openai)")
+    generator: str = opt("hf", help="llm: hf (local) or openai (an OpenAI-compatible server, see --base-url)")
+    base_url: str = opt("", help="llm with generator=openai: the server URL (default $OPENAI_BASE_URL)")
     template: str = opt("judge-v1", help="llm: judge prompt template id")
     max_new_tokens: int = opt(512, help="llm: judge output limit")
     audit: str = opt("audit.csv", help="export/import: the audit sheet path")
@@ -263,7 +265,8 @@ def cli_run(cfg: JudgeConfig) -> int:
             raise InputError(f"judge backend '{cfg.backend}'{did_you_mean(cfg.backend, ['llm', 'export', 'import'])}")
         from .generate import BACKENDS
 
-        gen = BACKENDS.get("hf")(cfg.model, max_batch=16)
+        gen = BACKENDS.get(cfg.generator)(cfg.model, max_batch=16, base_url=cfg.base_url,
+                                          cache=str(cfg.out) + ".api_cache.jsonl")
         js = LLMJudge(gen, cfg.model, cfg.template, cfg.max_new_tokens, cache=str(cfg.out) + ".cache.jsonl").judge(items)
     write_records(cfg.out, judgments_to_dicts(js))
     fpr = false_positive_rate(js)
