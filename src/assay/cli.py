@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stats": ("assay.metrics", "StatsConfig", "pass@k, coverage@k, maj@k, diversity@k, tokens, FLOPs"),
     "plan": ("assay.plan", "PlanConfig", "compute-matched samples per problem for several models under one budget"),
     "judge": ("assay.judge", "JudgeConfig", "false-positive rate: judge the reasoning of answer-correct samples (LLM or human audit)"),
+    "curate": ("assay.curate", "CurateConfig", "LIMO curation steps from a recipe: difficulty, decontaminate, dedup, rubric, diverse"),
     "select": ("assay.select", "SelectConfig", "turn verified samples into an SFT dataset through a selector pipeline"),
     "train": ("assay.train", "TrainConfig", "supervised fine-tuning with TRL: LoRA or full (resumable)"),
     "eval": ("assay.evaluate", "EvalConfig", "greedy pass@1, avg@n, maj@k on a benchmark under a pinned protocol"),
