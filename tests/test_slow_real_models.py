@@ -105,3 +105,18 @@ def test_study_sampling_real_models_reduced(tmp_path):
     plan = json.loads((run / "plan.json").read_text())["arms"]
     # The plan gives the cheaper model more samples (realized counts follow the realized lengths).
     assert plan["smollm2-135m-instruct"]["k_planned"] > plan["gemma3-270m"]["k_planned"]
+
+
+def test_study_curation_real_model_reduced(tmp_path):
+    """Curated-N vs random-N vs random-4N on SmolLM2 at toy sizes: every stage runs, the funnel is written."""
+    from assay.cli import main
+
+    run = tmp_path / "cur"
+    assert main(["study", "curation", f"run_dir={run}", "pool_size=48", "heldout_size=16", "k=4", "n=3",
+                 "train_steps=2", "sample_max_new_tokens=32", "eval.max_new_tokens=32"]) == 0
+    study = json.loads((run / "study.json").read_text())
+    assert [f["step"] for f in study["funnel"]] == ["input", "difficulty", "decontaminate", "dedup", "rubric", "diverse"]
+    assert study["results"]["base"]["greedy_pass@1"] >= 0
+    trained = [k for k, v in study["results"].items() if k != "base" and "skipped" not in v]
+    assert "random-4N" in trained and all(study["results"][k]["steps"] == 2 for k in trained)
+    assert (run / "curated" / "01_difficulty.rejected.jsonl").exists() and "Curation funnel" in (run / "report.md").read_text()

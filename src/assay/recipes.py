@@ -20,6 +20,7 @@ from .registry import Registry
 PIPELINES: Registry[tuple[str, str]] = Registry("pipeline")
 PIPELINES.add("quickstart", ("assay.quickstart", "QuickstartConfig"))
 PIPELINES.add("study-sampling", ("assay.study_sampling", "StudySamplingConfig"))
+PIPELINES.add("study-curation", ("assay.study_curation", "StudyCurationConfig"))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from .registry import Registry
 
 STUDIES: Registry[tuple[str, str]] = Registry("study")
 STUDIES.add("sampling", ("assay.study_sampling", "StudySamplingConfig"))
+STUDIES.add("curation", ("assay.study_curation", "StudyCurationConfig"))
 
 
 @dataclass
