@@ -1,0 +1,107 @@
+"""Gradient-based data selection (LESS, Xia et al. 2024; JiuZhang3.0's value estimation): the core.
+
+A training example is valuable for a target task when one optimizer step on it would move the
+model the way a step on the target data would. LESS estimates that with LoRA gradients:
+
+- a training example's feature is its Adam update direction at a warmup checkpoint,
+  m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2, feature = m' / (sqrt(v') + eps),
+  with (m, v) the checkpoint's optimizer moments; a target example's feature is its plain gradient;
+- both are randomly projected to d dimensions (Johnson-Lindenstrauss: inner products and
+  cosines survive with error ~ 1/sqrt(d));
+- a training example's score is, per checkpoint, the max over target tasks of its mean cosine
+  to the task's examples, summed over checkpoints weighted by their learning rate.
+
+This module holds the pieces that need no model (projection, preconditioning, scoring) and the
+per-example LoRA gradient; they are what the selection command composes.
+
+The projection never materialises the d x D matrix: it is generated block by block from a seeded
+generator (Rademacher entries +-1/sqrt(d)), so memory is d x block, and the same seed gives the
+same matrix on every run and machine (TRAK's CPU projector spends minutes on random numbers;
+this one makes d x D signs once per block, in torch, and reuses nothing between examples).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+
+class BlockProjector:
+    """x (n x D) -> x P^T (n x d) with P a seeded Rademacher matrix scaled by 1/sqrt(d), in column blocks."""
+
+    def __init__(self, in_dim: int, out_dim: int = 8192, seed: int = 0, block: int = 65536):
+        if in_dim < 1 or out_dim < 1:
+            raise ValueError("projection dimensions must be positive")
+        self.in_dim, self.out_dim, self.seed, self.block = in_dim, out_dim, seed, block
+
+    def _block(self, b: int, width: int):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + b)
+        signs = torch.randint(0, 2, (self.out_dim, width), generator=g, dtype=torch.int8)
+        return (signs.to(torch.float32) * 2 - 1) / math.sqrt(self.out_dim)
+
+    def __call__(self, x):
+        import torch
+
+        x = torch.as_tensor(x, dtype=torch.float32)
+        squeeze = x.dim() == 1
+        x = x.reshape(1, -1) if squeeze else x
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"expected {self.in_dim} features, got {x.shape[1]}")
+        out = torch.zeros(x.shape[0], self.out_dim)
+        for b, start in enumerate(range(0, self.in_dim, self.block)):
+            stop = min(start + self.block, self.in_dim)
+            out += x[:, start:stop] @ self._block(b, stop - start).T
+        return out[0] if squeeze else out
+
+
+def adam_precondition(g, m, v, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+    """LESS's training-example feature: the Adam update direction one step on g would take."""
+    m2 = beta1 * m + (1 - beta1) * g
+    v2 = beta2 * v + (1 - beta2) * g * g
+    return m2 / (v2 ** 0.5 + eps)
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def less_scores(train_feats: Sequence[np.ndarray], target_feats: Sequence[dict[str, np.ndarray]],
+                lrs: Sequence[float]) -> np.ndarray:
+    """Per training example: sum over checkpoints of lr x max over tasks of the mean cosine to the task.
+
+    ``train_feats[c]`` is (n_train x d) at checkpoint c; ``target_feats[c][task]`` is (n_task x d).
+    """
+    if not (len(train_feats) == len(target_feats) == len(lrs)):
+        raise ValueError("one train matrix, one target dict and one learning rate per checkpoint")
+    total = None
+    for tf, tasks, lr in zip(train_feats, target_feats, lrs):
+        a = normalize_rows(np.asarray(tf, dtype=np.float64))
+        per_task = [(a @ normalize_rows(np.asarray(t, dtype=np.float64)).T).mean(axis=1) for t in tasks.values()]
+        s = lr * np.max(np.stack(per_task, axis=0), axis=0)
+        total = s if total is None else total + s
+    return total
+
+
+def top_indices(scores: np.ndarray, n: Optional[int] = None, fraction: Optional[float] = None) -> list[int]:
+    """Indices of the top-n (or top fraction) scores, best first; ties broken by index."""
+    if (n is None) == (fraction is None):
+        raise ValueError("give exactly one of n or fraction")
+    k = n if n is not None else max(1, math.ceil(fraction * len(scores)))
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return order[:k]
+
+
+def lora_gradient(model, input_ids, labels, params: Optional[Iterable] = None):
+    """Flat gradient of one example's mean completion loss w.r.t. the trainable (LoRA) parameters."""
+    import torch
+
+    params = [p for p in (params or model.parameters()) if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=torch.as_tensor(input_ids).reshape(1, -1), labels=torch.as_tensor(labels).reshape(1, -1))
+    grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
