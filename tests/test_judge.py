@@ -89,3 +89,9 @@ def test_llm_judge_on_tiny_model_end_to_end(tiny_model_dir, tmp_path):
     gen = HFGenerator(str(tiny_model_dir), max_batch=4)
     js = LLMJudge(gen, "tiny", max_new_tokens=6, cache=tmp_path / "c.jsonl").judge(_items(2))
     assert len(js) == 2 and all(j.template == "judge-v1" and isinstance(j.raw, str) for j in js)
+
+
+@pytest.mark.parametrize("text", ["VERDICT: NOT VALID", "I think the reasoning is not valid.",
+                                  "Step 2 is wrong, so this isn't correct. VERDICT: not valid"])
+def test_negated_verdicts_are_invalid(text):
+    assert parse_verdict(text) is False

@@ -42,6 +42,21 @@ def test_stage_records_lineage_and_skips_when_unchanged(tmp_path):
     assert len(calls) == 4  # output changed since: rerun
 
 
+def test_changed_config_clears_stale_outputs_before_rerun(tmp_path):
+    run = Run(tmp_path)
+    out = tmp_path / "samples.jsonl"
+
+    def append(tag):
+        with open(out, "a") as fh:
+            fh.write(tag + "\n")
+
+    run.stage("s", {"n": 1}, lambda: append("a"), outputs=[out])
+    (tmp_path / "samples.jsonl.config.yaml").write_text("old")
+    run.stage("s", {"n": 2}, lambda: append("b"), outputs=[out])
+    # The resumable output was made under n=1: it is removed (with its side files), not appended to.
+    assert out.read_text() == "b\n" and not (tmp_path / "samples.jsonl.config.yaml").exists()
+
+
 def test_interrupted_stage_is_marked_and_rerun(tmp_path):
     run = Run(tmp_path)
 
@@ -101,7 +116,7 @@ def test_cli_run_dir_records_a_stage(tmp_path, monkeypatch):
     write_records(run / "verdicts.jsonl", [Verdict("a", 0, "2", True, "x")])
     monkeypatch.chdir(tmp_path)
     assert main(["select", "--run-dir", str(run)]) == 0
-    st = json.loads((run / "manifest.json").read_text())["stages"]["select"]
+    st = json.loads((run / "manifest.json").read_text())["stages"]["select:sft.jsonl"]
     assert st["status"] == "done" and {Path(i["path"]).name for i in st["inputs"]} == {
         "problems.jsonl", "samples.jsonl", "verdicts.jsonl"}
     assert (run / "sft.jsonl").exists() and st["outputs"][0]["path"] == str(run / "sft.jsonl")

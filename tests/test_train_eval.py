@@ -210,3 +210,23 @@ def test_protocol_id_depends_on_content_not_location(tiny_model_dir, tmp_path):
     c = protocol(EvalConfig(benchmark=str(tmp_path / "run1" / "heldout.jsonl")), probs[:2])
     d = protocol(EvalConfig(benchmark=str(tmp_path / "run1" / "heldout.jsonl"), max_new_tokens=64), probs)
     assert len({a["protocol_id"], c["protocol_id"], d["protocol_id"]}) == 3
+
+
+def test_finished_folder_with_another_config_is_refused(tiny_model_dir, sft_file, tmp_path):
+    from assay.train import run_training
+
+    run_training(_cfg(tiny_model_dir, sft_file, tmp_path / "o", max_steps=1), progress=False)
+    with pytest.raises(InputError, match="trained with another config"):
+        run_training(_cfg(tiny_model_dir, sft_file, tmp_path / "o", max_steps=1, lr=5e-4), progress=False)
+
+
+def test_eval_folder_with_other_settings_is_refused_and_compare_takes_result_paths(tiny_model_dir, tmp_path):
+    from assay.evaluate import EvalConfig, compare, run_eval
+
+    write_records(tmp_path / "bench.jsonl", _problems(3))
+    cfg = EvalConfig(model=str(tiny_model_dir), benchmark=str(tmp_path / "bench.jsonl"), out=str(tmp_path / "e"),
+                     max_new_tokens=4)
+    run_eval(cfg)
+    with pytest.raises(InputError, match=r"other settings \(dtype\)"):
+        run_eval(EvalConfig(**{**cfg.__dict__, "dtype": "bfloat16"}))
+    assert compare(tmp_path / "e" / "result.json", tmp_path / "e")["gain"] == 0

@@ -89,7 +89,9 @@ def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
         rc["rc"] = int(mod.cli_run(cfg) or 0)
         return {"rc": rc["rc"]}
 
-    run.stage(command, to_mapping(cfg), go, inputs=inputs, outputs=outputs, models=models)
+    # One entry per (command, output): two `sample` runs into one directory keep both lineages.
+    name = f"{command}:{Path(outputs[0]).name}" if outputs else command
+    run.stage(name, to_mapping(cfg), go, inputs=inputs, outputs=outputs, models=models)
     return rc["rc"]
 
 
@@ -109,6 +111,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except InputError as exc:
         print(f"assay: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .generate.openai_api import APIError
+
+        if not isinstance(exc, APIError):
+            raise
+        print(f"assay: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("assay: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -76,6 +76,8 @@ def difficulty(items: list[Item], bands: dict) -> tuple[list[Item], list[Rejecte
     for it in items:
         reason = None
         for model, band in bands.items():
+            if not (isinstance(band, (list, tuple)) and len(band) == 2):
+                raise InputError(f"curate difficulty: band of '{model}' must be [min_correct, max_correct], got {band!r}")
             lo, hi = band
             c, n = it.attempts.get(model, (0, 0))
             if n == 0:
@@ -118,11 +120,13 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def clusters(texts: list[str], threshold: float = 0.8, shingle: int = 3) -> list[int]:
+def clusters(texts: list[str], threshold: float = 0.8, shingle: int = 3, max_bucket: int = 200) -> list[int]:
     """Cluster id per text: texts whose word-shingle Jaccard >= threshold are joined (union-find).
 
-    Candidate pairs come from an inverted index of shingles, so only texts sharing at least one
-    shingle are compared.
+    Candidate pairs come from an inverted index of shingles, so only texts sharing a shingle are
+    compared. Shingles found in more than ``max_bucket`` texts ("what is the") are boilerplate and
+    do not propose pairs (two near-duplicates share many rarer shingles too), which keeps the
+    pair count near-linear instead of quadratic in the pool size.
     """
     sh = [ngrams(words(t), shingle) for t in texts]
     parent = list(range(len(texts)))
@@ -139,6 +143,8 @@ def clusters(texts: list[str], threshold: float = 0.8, shingle: int = 3) -> list
             index.setdefault(g, []).append(i)
     seen = set()
     for members in index.values():
+        if len(members) > max_bucket:
+            continue
         for x in range(len(members)):
             for y in range(x + 1, len(members)):
                 i, j = members[x], members[y]
@@ -293,6 +299,11 @@ def run_curation(cfg: CurateConfig) -> dict:
     problems = read_records(cfg.problems, Problem)
     items = {p.id: Item(p) for p in problems}
     chains_from = cfg.chains_from or next(iter(cfg.references), "")
+    if cfg.references and chains_from not in cfg.references:
+        from .registry import did_you_mean
+
+        raise InputError(f"curate chains_from '{chains_from}' is not one of the references"
+                         f"{did_you_mean(chains_from, list(cfg.references))}")
     for model, files in cfg.references.items():
         if not isinstance(files, list) or len(files) != 2:
             raise InputError(f"curate references.{model}: expected [samples.jsonl, verdicts.jsonl]")

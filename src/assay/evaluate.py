@@ -182,6 +182,15 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
         raise InputError("eval: nothing to do: greedy=false and n=0")
     d = Path(cfg.out)
     d.mkdir(parents=True, exist_ok=True)
+    old = d / "eval_config.yaml"
+    if old.exists() and any((d / f).exists() for f in ("greedy.samples.jsonl", "sampled.samples.jsonl")):
+        from .config import load_yaml
+
+        prev = load_yaml(old)
+        changed = sorted(k for k, v in to_mapping(cfg).items() if prev.get(k) != v)
+        if changed:
+            raise InputError(f"{d}: holds an evaluation made with other settings ({', '.join(changed)}); "
+                             "choose another --out or delete it")
     save_yaml(d / "eval_config.yaml", to_mapping(cfg))
     pfile = d / "problems.jsonl"
     if cfg.benchmark in BENCHMARKS.names():
@@ -247,12 +256,15 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 def compare(before: str | Path, after: str | Path) -> dict:
     """Paired greedy comparison of two eval folders on the same problems, same protocol."""
+    before, after = (Path(p).parent if Path(p).is_file() else Path(p) for p in (before, after))
     a, b = load_result(before), load_result(after)
     if a["protocol"]["protocol_id"] != b["protocol"]["protocol_id"]:
         diff = sorted(k for k in a["protocol"] if a["protocol"].get(k) != b["protocol"].get(k) and k != "protocol_id")
         raise InputError(f"{before} and {after} were evaluated under different protocols (differ in: {', '.join(diff)})")
-    pa = json.loads((Path(before) / "per_problem.json").read_text())["greedy"]
-    pb = json.loads((Path(after) / "per_problem.json").read_text())["greedy"]
+    pa = json.loads((before / "per_problem.json").read_text()).get("greedy")
+    pb = json.loads((after / "per_problem.json").read_text()).get("greedy")
+    if pa is None or pb is None:
+        raise InputError(f"compare needs greedy results in both {before} and {after} (run eval with greedy=true)")
     ids = sorted(set(pa) & set(pb))
     only_a = sum(pa[i] and not pb[i] for i in ids)
     only_b = sum(pb[i] and not pa[i] for i in ids)

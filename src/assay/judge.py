@@ -76,8 +76,15 @@ _VERDICT = re.compile(r"verdict\s*[:=\-]?\s*\**\s*\[?([a-z]+)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\{\s*([a-z]+)\s*\}", re.IGNORECASE)
 
 
+_NEGATED = re.compile(r"\b(?:not|isn't|is not)\s+(valid|correct|sound)\b", re.IGNORECASE)
+
+
 def parse_verdict(text: str) -> Optional[bool]:
-    """VALID -> True, INVALID -> False, anything else -> None. The last explicit verdict wins."""
+    """VALID -> True, INVALID -> False, anything else -> None. The last explicit verdict wins.
+
+    "VERDICT: NOT VALID" and a closing "... is not valid" are verdicts of INVALID.
+    """
+    text = _NEGATED.sub("invalid", text or "")
     for pattern in (_VERDICT, _BOXED):
         words = [m.group(1).lower() for m in pattern.finditer(text or "")]
         for w in reversed(words):

@@ -136,6 +136,14 @@ class Run:
         entry = {"status": "running", "started": _now(), "config": config, "config_hash": config_hash(config),
                  "inputs": [hash_path(p) for p in inputs], "models": list(models)}
         prior = self.manifest["stages"].get(name, {})
+        if prior and (prior.get("config_hash") != entry["config_hash"] or
+                      {i["path"]: i["sha256"] for i in prior.get("inputs", [])} !=
+                      {i["path"]: i["sha256"] for i in entry["inputs"]}):
+            # Outputs made from another config or other inputs must not be resumed into: start clean.
+            for p in outputs:
+                _remove(p)
+            prior = {}
+            print(f"[assay] {name}: config or inputs changed since its outputs were made; redoing it from scratch")
         self.manifest["stages"][name] = entry
         self._save()
         t0 = time.perf_counter()
@@ -158,6 +166,19 @@ class Run:
     def totals(self) -> dict:
         st = self.manifest["stages"].values()
         return {"flops": sum(s.get("flops", 0.0) for s in st), "wall_s": sum(s.get("wall_s", 0.0) for s in st)}
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    # Side files written beside an output (<out>.config.yaml, .rejected.jsonl, .all.jsonl, ...).
+    for side in path.parent.glob(path.name + ".*"):
+        if side.is_file():
+            side.unlink()
 
 
 def _now() -> str:

@@ -198,6 +198,15 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def _cfg_hash(cfg: TrainConfig) -> str:
+    import hashlib
+
+    from .evaluate import sha256_file
+
+    blob = json.dumps([to_mapping(cfg), sha256_file(cfg.data) if Path(cfg.data).exists() else None], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train and save; returns the summary (also written to ``out/train_summary.json``).
 
@@ -206,7 +215,11 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     summary_path = out / "train_summary.json"
     if summary_path.exists():
-        return json.loads(summary_path.read_text(encoding="utf-8"))
+        done = json.loads(summary_path.read_text(encoding="utf-8"))
+        if done.get("config_hash") not in (None, _cfg_hash(cfg)):
+            raise InputError(f"{out}: already holds a model trained with another config; choose another --out "
+                             "or delete the folder")
+        return done
     if cfg.method not in METHODS:
         from .registry import did_you_mean
 
@@ -271,6 +284,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         saved = resume / f"assay_meter.{trainer.args.process_index}.json"
         if saved.exists():
             meter.load(json.loads(saved.read_text()))
+        else:
+            print(f"[assay] train: warning: {resume} has no token/FLOPs meter; counts restart at this checkpoint")
         print(f"[assay] train: resuming from {resume}")
     elif main and log_path.exists():
         log_path.unlink()
@@ -288,6 +303,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         "train_loss": result.training_loss, "n_params": stats_for(cfg.model).n_params,
         "n_trainable": n_trainable, "merged": cfg.method == "lora" and cfg.merge,
         "resumed_from": str(resume) if resume else None, "world_size": trainer.args.world_size,
+        "config_hash": _cfg_hash(cfg),
     }
     _save_model(trainer, tok, cfg, out)
     if trainer.is_world_process_zero():

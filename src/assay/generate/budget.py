@@ -53,6 +53,9 @@ def run_budgeted(cfg, budget: float, generator=None, progress: bool = True, max_
         run_sampling(dataclasses.replace(cfg, out=all_path, n=n), generator=generator, progress=progress)
         samples = read_records(all_path, Sample)
         total = sum(s.flops for s in samples)
+        if total <= 0:
+            raise InputError(f"{all_path}: the samples record no FLOPs (an API backend without n_params?); "
+                             "a FLOPs budget cannot be enforced on them")
         if total >= budget:
             break
         mean = total / len(samples)

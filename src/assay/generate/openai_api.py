@@ -110,22 +110,28 @@ class OpenAIGenerator:
                 route, payload = self._payload(g, seed, decoding)
                 key = hashlib.sha256(json.dumps([self.base_url, route, payload], sort_keys=True).encode()).hexdigest()
                 jobs.append((g, index, seed, route, payload, key, len(g.samples)))
+        lock = threading.Lock()
+
+        def fetch(job):
+            resp = self._post(job[3], job[4])
+            if writer is not None:
+                with lock:  # cached as soon as it arrives, even if the consumer stops early
+                    writer.write(CachedResponse(job[5], resp))
+            return resp
+
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
-            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                futures = {}
-                for job in jobs:
-                    key = job[5]
-                    if key in cache:
-                        yield self._generated(job, cache[key])
-                    else:
-                        futures[pool.submit(self._post, job[3], job[4])] = job
-                for fut in as_completed(futures):
-                    job = futures[fut]
-                    resp = fut.result()
-                    if writer is not None:
-                        writer.write(CachedResponse(job[5], resp))
-                    yield self._generated(job, resp)
+            futures = {}
+            for job in jobs:
+                if job[5] in cache:
+                    yield self._generated(job, cache[job[5]])
+                else:
+                    futures[pool.submit(fetch, job)] = job
+            for fut in as_completed(futures):
+                yield self._generated(futures[fut], fut.result())
         finally:
+            # On an error or Ctrl-C, requests not yet sent are cancelled instead of all being sent.
+            pool.shutdown(wait=True, cancel_futures=True)
             if writer is not None:
                 writer.close()
 
