@@ -71,3 +71,37 @@ def test_selection_finds_planted_near_copies_of_the_target():
     assert len(top_indices(scores, fraction=0.1)) == 6
     with pytest.raises(ValueError):
         top_indices(scores)
+
+
+def test_sparse_projection_preserves_inner_products():
+    from assay.gradsel import SparseSignProjector
+
+    rng = np.random.default_rng(2)
+    D, d, n = 20000, 2048, 12
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = SparseSignProjector(D, d, seed=5, s=4)(x).numpy()
+    assert np.abs(y @ y.T - x @ x.T).max() <= np.sqrt(8 * np.log(n) / d)
+    assert np.allclose(SparseSignProjector(D, d, seed=5, s=4)(x).numpy(), y)
+
+
+def test_feature_store_resumes_without_recomputing(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from assay.gradsel import FeatureStore, SparseSignProjector, extract_features
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    D = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ex = [(torch.tensor([1, 2, 3, 4 + i]), torch.tensor([-100, 2, 3, 4 + i])) for i in range(6)]
+    proj = SparseSignProjector(D, 16, seed=0)
+    full = extract_features(model, ex, FeatureStore(str(tmp_path / "a.npy"), 6, 16), proj, progress=False)
+    part = FeatureStore(str(tmp_path / "b.npy"), 6, 16)
+    extract_features(model, ex[:4], part, proj, flush_every=2, progress=False)  # "killed" after 4 rows
+    resumed = FeatureStore(str(tmp_path / "b.npy"), 6, 16)
+    assert resumed.done == 4
+    calls = []
+    orig = proj.__call__
+    extract_features(model, ex, resumed, lambda g: (calls.append(1), orig(g))[1], progress=False)
+    assert len(calls) == 2 and np.allclose(np.asarray(resumed.array), np.asarray(full.array), atol=1e-6)

@@ -58,6 +58,39 @@ class BlockProjector:
         return out[0] if squeeze else out
 
 
+class SparseSignProjector:
+    """A sparse JL sketch (Kane & Nelson; CountSketch when s=1): each input coordinate goes to ``s``
+    seeded output coordinates with seeded signs, scaled by 1/sqrt(s).
+
+    For LoRA gradients (millions of coordinates) a dense d x D matrix is out of reach on a CPU
+    (8192 x 2.4M floats is 78 GB, and regenerating it per example is minutes of random numbers);
+    this needs D x s indices and signs once (tens of MB) and O(D s) work per example.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 8192, seed: int = 0, s: int = 4):
+        import torch
+
+        if in_dim < 1 or out_dim < 1 or s < 1:
+            raise ValueError("projection dimensions and s must be positive")
+        g = torch.Generator().manual_seed(seed)
+        self.in_dim, self.out_dim, self.s = in_dim, out_dim, s
+        self.index = torch.randint(0, out_dim, (s, in_dim), generator=g)
+        self.sign = (torch.randint(0, 2, (s, in_dim), generator=g, dtype=torch.int8).to(torch.float32) * 2 - 1) / math.sqrt(s)
+
+    def __call__(self, x):
+        import torch
+
+        x = torch.as_tensor(x, dtype=torch.float32)
+        squeeze = x.dim() == 1
+        x = x.reshape(1, -1) if squeeze else x
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"expected {self.in_dim} features, got {x.shape[1]}")
+        out = torch.zeros(x.shape[0], self.out_dim)
+        for j in range(self.s):
+            out.index_add_(1, self.index[j], x * self.sign[j])
+        return out[0] if squeeze else out
+
+
 def adam_precondition(g, m, v, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
     """LESS's training-example feature: the Adam update direction one step on g would take."""
     m2 = beta1 * m + (1 - beta1) * g
@@ -94,6 +127,59 @@ def top_indices(scores: np.ndarray, n: Optional[int] = None, fraction: Optional[
     k = n if n is not None else max(1, math.ceil(fraction * len(scores)))
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return order[:k]
+
+
+class FeatureStore:
+    """Features on disk as a float32 memmap (n x d) with a count of finished rows beside it.
+
+    Rows are written in order and the count is updated after they are flushed, so a killed run
+    resumes at the first unfinished row and never recomputes or half-writes one.
+    """
+
+    def __init__(self, path: str, n: int, d: int):
+        from pathlib import Path
+
+        self.path, self.n, self.d = Path(path), n, d
+        self.count_path = self.path.with_name(self.path.name + ".done")
+        mode = "r+" if self.path.exists() else "w+"
+        self.array = np.lib.format.open_memmap(self.path, mode=mode, dtype=np.float32, shape=(n, d))
+        if self.array.shape != (n, d):
+            raise ValueError(f"{self.path}: holds a {self.array.shape} array, expected {(n, d)}")
+        self.done = int(self.count_path.read_text()) if self.count_path.exists() else 0
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        if start != self.done:
+            raise ValueError(f"rows must be written in order: next is {self.done}, got {start}")
+        self.array[start:start + len(rows)] = rows
+        self.array.flush()
+        self.done = start + len(rows)
+        tmp = self.count_path.with_name(self.count_path.name + ".tmp")
+        tmp.write_text(str(self.done))
+        tmp.replace(self.count_path)
+
+
+def extract_features(model, examples: Sequence[tuple], store: FeatureStore, projector, moments=None,
+                     flush_every: int = 16, progress: bool = True) -> FeatureStore:
+    """Per-example LoRA gradient -> (Adam-preconditioned with ``moments`` = (m, v) if given) -> projection.
+
+    ``examples`` are (input_ids, labels) pairs; work resumes at ``store.done``.
+    """
+    from tqdm import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    buf, start = [], store.done
+    for i in tqdm(range(store.done, len(examples)), desc="features", disable=not progress, initial=store.done,
+                  total=len(examples)):
+        g = lora_gradient(model, *examples[i], params=params)
+        if moments is not None:
+            g = adam_precondition(g, *moments)
+        buf.append(projector(g.detach()).numpy())
+        if len(buf) >= flush_every:
+            store.write(start, np.stack(buf))
+            start, buf = start + len(buf), []
+    if buf:
+        store.write(start, np.stack(buf))
+    return store
 
 
 def lora_gradient(model, input_ids, labels, params: Optional[Iterable] = None):
