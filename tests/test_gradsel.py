@@ -105,3 +105,32 @@ def test_feature_store_resumes_without_recomputing(tiny_model_dir, tmp_path):
     orig = proj.__call__
     extract_features(model, ex, resumed, lambda g: (calls.append(1), orig(g))[1], progress=False)
     assert len(calls) == 2 and np.allclose(np.asarray(resumed.array), np.asarray(full.array), atol=1e-6)
+
+
+def test_select_method_gradient_end_to_end_finds_planted_copies(tiny_model_dir, tmp_path):
+    from assay.io import read_records, write_records
+    from assay.records import Problem, Sample, SFTExample
+    from assay.select import SelectConfig, run_select
+
+    words_ = ["apple", "river", "stone", "cloud", "seven", "green", "house", "light", "music", "paper"]
+    probs = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i), "t") for i in range(16)]
+    samples = [Sample(f"p{i}", 0, "m", "plain-v1", " ".join(words_[(i * j) % 10] for j in range(1, 9)), 5, 8, 1.0,
+                      "stop", {}, i) for i in range(16)]
+    for name, recs in (("p", probs), ("s", samples)):
+        write_records(tmp_path / f"{name}.jsonl", recs)
+    # The target task: exact copies of pool items 3 and 11 (question and solution).
+    planted = [3, 11]
+    tgt = [SFTExample(f"t{i}", [{"role": "user", "content": probs[i].question},
+                                {"role": "assistant", "content": samples[i].text}], f"p{i}", 0, "m", "plain-v1", 8, "t")
+           for i in planted]
+    write_records(tmp_path / "target.jsonl", tgt)
+    cfg = SelectConfig(problems=str(tmp_path / "p.jsonl"), samples=str(tmp_path / "s.jsonl"), verdicts="",
+                       out=str(tmp_path / "sel.jsonl"), selectors=["dedup"], method="gradient",
+                       targets=[str(tmp_path / "target.jsonl")], n=4, model=str(tiny_model_dir), warmup_fraction=0.5,
+                       warmup_epochs=2, lora_r=4, dim=512)
+    s = run_select(cfg)
+    rows = read_records(tmp_path / "sel.jsonl", SFTExample)
+    assert s["examples"] == 4 and s["funnel"][-1]["step"] == "gradient"
+    assert {f"p{i}" for i in planted} <= {r.problem_id for r in rows}
+    ck = sorted((tmp_path / "sel.jsonl.gradient" / "warmup" / "checkpoints").glob("checkpoint-*"))
+    assert len(ck) == 2 and all((c / "optimizer.pt").exists() for c in ck)

@@ -191,3 +191,87 @@ def lora_gradient(model, input_ids, labels, params: Optional[Iterable] = None):
     out = model(input_ids=torch.as_tensor(input_ids).reshape(1, -1), labels=torch.as_tensor(labels).reshape(1, -1))
     grads = torch.autograd.grad(out.loss, params, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+
+# ---- the selection driver: warmup -> features per checkpoint -> LESS scores -> top examples ----------
+
+def tokenize_example(tok, messages: list[dict], max_length: int) -> tuple:
+    """(input_ids, labels) with the loss on the last (assistant) turn only, as in training."""
+    import torch
+
+    from .prompts import render_ids
+
+    prompt = render_ids(messages[:-1], tok)
+    full = tok.apply_chat_template(messages, tokenize=True) if getattr(tok, "chat_template", None) else \
+        tok("\n\n".join(m["content"] for m in messages))["input_ids"]
+    full = list(full["input_ids"] if hasattr(full, "keys") else full)[:max_length]
+    n_prompt = min(len(prompt), len(full) - 1)
+    labels = [-100] * n_prompt + full[n_prompt:]
+    return torch.tensor(full), torch.tensor(labels)
+
+
+def checkpoint_moments(ckpt, params) -> tuple:
+    """(m, v) flattened in ``params`` order from a Trainer checkpoint's AdamW state, shape-checked."""
+    import torch
+
+    state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)["state"]
+    ms, vs = [], []
+    if len(state) != len(params):
+        raise ValueError(f"{ckpt}: optimizer state has {len(state)} tensors, the adapter {len(params)}")
+    for i, p in enumerate(params):
+        st = state[i]
+        if st["exp_avg"].shape != p.shape:
+            raise ValueError(f"{ckpt}: optimizer state {i} has shape {tuple(st['exp_avg'].shape)}, "
+                             f"parameter has {tuple(p.shape)}")
+        ms.append(st["exp_avg"].reshape(-1))
+        vs.append(st["exp_avg_sq"].reshape(-1))
+    return torch.cat(ms), torch.cat(vs)
+
+
+def checkpoint_lr(ckpt) -> float:
+    """The learning rate logged at (or last before) the checkpoint's step."""
+    import json
+
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    lrs = [h["learning_rate"] for h in state.get("log_history", []) if "learning_rate" in h]
+    return float(lrs[-1]) if lrs else 1.0
+
+
+def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmup_dir, dim: int, seed: int,
+                    max_length: int, out_dir, progress: bool = True) -> np.ndarray:
+    """LESS scores of ``pool`` (SFTExample rows) against ``targets`` (task -> rows), using the warmup
+    run's checkpoints in ``warmup_dir/checkpoints``; features are stored (and resumed) in ``out_dir``."""
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from .models import load, resolve
+
+    ckpts = sorted((Path(warmup_dir) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not ckpts:
+        raise ValueError(f"{warmup_dir}: no checkpoints from the warmup run")
+    tok = AutoTokenizer.from_pretrained(resolve(model_spec))
+    pool_ex = [tokenize_example(tok, r.messages, max_length) for r in pool]
+    target_ex = {t: [tokenize_example(tok, r.messages, max_length) for r in rows] for t, rows in targets.items()}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_feats, target_feats, lrs = [], [], []
+    for ck in ckpts:
+        base, _ = load(model_spec)
+        model = PeftModel.from_pretrained(base, ck, is_trainable=True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        D = sum(p.numel() for p in params)
+        proj = SparseSignProjector(D, dim, seed=seed)
+        moments = checkpoint_moments(ck, params)
+        store = extract_features(model, pool_ex, FeatureStore(str(out_dir / f"{ck.name}.train.npy"), len(pool_ex), dim),
+                                 proj, moments=moments, progress=progress)
+        train_feats.append(np.asarray(store.array))
+        tf = {}
+        for t, exs in target_ex.items():
+            st = extract_features(model, exs, FeatureStore(str(out_dir / f"{ck.name}.target.{t}.npy"), len(exs), dim),
+                                  proj, progress=progress)
+            tf[t] = np.asarray(st.array)
+        target_feats.append(tf)
+        lrs.append(checkpoint_lr(ck))
+    return less_scores(train_feats, target_feats, lrs)

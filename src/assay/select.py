@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Protocol
 
 from .config import opt, save_yaml, to_mapping
@@ -212,6 +213,50 @@ class SelectConfig:
                           help="pipeline of selectors, 'name' or 'name:arg', applied in order: "
                                "correct, finished, dedup, shortest[:m], longest[:m], max_per_problem:m, random:N")
     seed: int = opt(0, help="seed of the random choices")
+    method: str = opt("pipeline", help="pipeline (the selectors only) or gradient (LESS: the selectors make the pool, "
+                                       "gradient similarity to --targets picks from it)")
+    targets: list = opt([], help="gradient: SFT JSONL files of target examples, one task per file")
+    n: int = opt(0, help="gradient: keep the top N (or use fraction)")
+    fraction: float = opt(0.05, help="gradient: keep the top fraction when n is 0")
+    model: str = opt("smollm2-135m-instruct", help="gradient: the model whose LoRA gradients are the features")
+    warmup_fraction: float = opt(0.05, help="gradient: fraction of the pool for the warmup LoRA run")
+    warmup_epochs: int = opt(4, help="gradient: warmup epochs; one checkpoint (with optimizer state) per epoch")
+    lora_r: int = opt(8, help="gradient: LoRA rank of the warmup")
+    dim: int = opt(8192, help="gradient: projection dimension")
+    max_length: int = opt(512, help="gradient: truncate examples to this many tokens")
+
+
+def _gradient_step(cfg: SelectConfig, kept: list[Candidate]) -> tuple[list[Candidate], list, dict]:
+    """LESS over the pipeline's survivors: warmup LoRA, per-checkpoint features, top-scoring examples."""
+    import math
+
+    from .gradsel import gradient_scores, top_indices
+    from .train import LoraOptions, TrainConfig, run_training
+
+    if cfg.method != "gradient":
+        raise InputError(f"select method '{cfg.method}': expected pipeline or gradient")
+    if not cfg.targets:
+        raise InputError("select --method gradient needs --targets (SFT JSONL files of target examples)")
+    if not kept:
+        raise InputError("select --method gradient: the selector pipeline left no candidates")
+    work = Path(cfg.out + ".gradient")
+    pool = [to_example(c, "pool") for c in kept]
+    rng = random.Random(cfg.seed)
+    warm = rng.sample(pool, max(1, math.ceil(cfg.warmup_fraction * len(pool))))
+    write_records(work / "warmup.jsonl", warm)
+    per_epoch = max(1, math.ceil(len(warm) / 8))
+    run_training(TrainConfig(data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=cfg.model,
+                             lora=LoraOptions(r=cfg.lora_r, alpha=2 * cfg.lora_r), epochs=cfg.warmup_epochs,
+                             batch_size=8, save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=cfg.seed,
+                             max_length=cfg.max_length), progress=False)
+    targets = {Path(t).stem: read_records(t, SFTExample) for t in cfg.targets}
+    scores = gradient_scores(cfg.model, pool, targets, work / "warmup", cfg.dim, cfg.seed, cfg.max_length,
+                             work / "features")
+    top = top_indices(scores, n=cfg.n or None, fraction=None if cfg.n else cfg.fraction)
+    chosen = set(top)
+    write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s) for c, s in zip(kept, scores)})
+    rej = [(c, f"gradient score {scores[i]:.4g} below the top {len(top)}") for i, c in enumerate(kept) if i not in chosen]
+    return [kept[i] for i in top], rej, {"step": "gradient", "kept": len(top), "dropped": len(rej)}
 
 
 def run_select(cfg: SelectConfig) -> dict:
@@ -221,6 +266,11 @@ def run_select(cfg: SelectConfig) -> dict:
     cands = build_candidates(problems, samples, verdicts, cfg.samples)
     kept, rejected, funnel = run_pipeline(cands, cfg.selectors, cfg.seed)
     label = ">".join(cfg.selectors)
+    if cfg.method != "pipeline":
+        kept, rej, step = _gradient_step(cfg, kept)
+        rejected.extend((c, "gradient", r) for c, r in rej)
+        funnel.append(step)
+        label += ">gradient"
     n = write_records(cfg.out, [to_example(c, label) for c in kept])
     write_records(cfg.out + ".rejected.jsonl", [
         {"problem_id": c.problem.id, "sample_index": c.sample.sample_index, "step": step, "reason": reason}

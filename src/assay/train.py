@@ -68,6 +68,7 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, help="recompute activations in backward to save memory")
     merge: bool = opt(True, help="LoRA: save the merged model (loads like any HF model); the adapter is kept in adapter/")
     save_steps: int = opt(50, help="write a resumable checkpoint every this many steps")
+    keep_checkpoints: int = opt(1, help="how many checkpoints to keep (0 = all; gradient selection reads each one's optimizer state)")
     logging_steps: int = opt(1, help="log loss, tokens and FLOPs every this many steps")
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
 
@@ -265,7 +266,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.bf16,
         # Only passed when on: the flag is being renamed upstream and warns when merely set.
         **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}), logging_steps=cfg.logging_steps,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, report_to="none",
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.keep_checkpoints or None, report_to="none",
         max_length=cfg.max_length, completion_only_loss=True, packing=False,
         disable_tqdm=not progress, dataset_num_proc=None, use_cpu=not torch.cuda.is_available(),
     )
