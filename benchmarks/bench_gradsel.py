@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=8192)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--dense-probe", type=int, default=1, help="examples to time through the dense projection")
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (long sequences)")
     args = ap.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -35,6 +36,10 @@ def main() -> None:
 
     model, _ = models.load(args.model)
     model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear"))
+    if args.checkpointing:
+        from assay.gradsel import enable_checkpointing
+
+        enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     D = sum(p.numel() for p in params)
     g0 = torch.Generator().manual_seed(0)
@@ -69,7 +74,7 @@ def main() -> None:
     n = len(ex)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"model={args.model} LoRA r={args.rank} all-linear: {D:,} gradient coordinates; seq_len={args.seq_len}; "
-          f"d={args.dim}; threads={torch.get_num_threads()}")
+          f"d={args.dim}; checkpointing={args.checkpointing}; threads={torch.get_num_threads()}")
     print(f"per example: gradient+preconditioning {t_grad / n:.2f} s, sparse projection {t_proj / n * 1000:.1f} ms, "
           f"dense projection {t_dense:.2f} s (sparse sketch set-up once: {t_init:.2f} s)")
     print(f"examples/s with the sparse projection: {n / (t_grad + t_proj):.3f}; peak RSS {rss:.0f} MiB")

@@ -134,3 +134,22 @@ def test_select_method_gradient_end_to_end_finds_planted_copies(tiny_model_dir, 
     assert {f"p{i}" for i in planted} <= {r.problem_id for r in rows}
     ck = sorted((tmp_path / "sel.jsonl.gradient" / "warmup" / "checkpoints").glob("checkpoint-*"))
     assert len(ck) == 2 and all((c / "optimizer.pt").exists() for c in ck)
+
+
+def test_checkpointed_gradient_equals_plain(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from assay.gradsel import enable_checkpointing
+
+    def make():
+        torch.manual_seed(0)
+        return get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                              LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+    ids, labels = torch.arange(3, 40), torch.arange(3, 40)
+    plain = lora_gradient(make(), ids, labels)
+    m = make()
+    enable_checkpointing(m)
+    m.train()
+    assert torch.allclose(lora_gradient(m, ids, labels), plain, atol=1e-6)

@@ -182,6 +182,21 @@ def extract_features(model, examples: Sequence[tuple], store: FeatureStore, proj
     return store
 
 
+def enable_checkpointing(model) -> None:
+    """Recompute activations in backward: per-example gradients of long chains in bounded memory.
+
+    Activation memory then grows with one layer's activations instead of all layers'; the cost is
+    one more forward pass per example (see benchmarks/RESULTS.md for the measured limits).
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers only checkpoints in training mode; the models here have no dropout, so train
+    # mode changes nothing else (a LoRA dropout > 0 would make features random: keep it at 0).
+    model.train()
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+
+
 def lora_gradient(model, input_ids, labels, params: Optional[Iterable] = None):
     """Flat gradient of one example's mean completion loss w.r.t. the trainable (LoRA) parameters."""
     import torch
@@ -238,7 +253,7 @@ def checkpoint_lr(ckpt) -> float:
 
 
 def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmup_dir, dim: int, seed: int,
-                    max_length: int, out_dir, progress: bool = True) -> np.ndarray:
+                    max_length: int, out_dir, progress: bool = True, checkpointing: bool = False) -> np.ndarray:
     """LESS scores of ``pool`` (SFTExample rows) against ``targets`` (task -> rows), using the warmup
     run's checkpoints in ``warmup_dir/checkpoints``; features are stored (and resumed) in ``out_dir``."""
     from pathlib import Path
@@ -260,6 +275,8 @@ def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmu
     for ck in ckpts:
         base, _ = load(model_spec)
         model = PeftModel.from_pretrained(base, ck, is_trainable=True)
+        if checkpointing:
+            enable_checkpointing(model)
         params = [p for p in model.parameters() if p.requires_grad]
         D = sum(p.numel() for p in params)
         proj = SparseSignProjector(D, dim, seed=seed)

@@ -224,6 +224,7 @@ class SelectConfig:
     lora_r: int = opt(8, help="gradient: LoRA rank of the warmup")
     dim: int = opt(8192, help="gradient: projection dimension")
     max_length: int = opt(512, help="gradient: truncate examples to this many tokens")
+    checkpointing: bool = opt(False, help="gradient: gradient checkpointing, for chains longer than memory allows")
 
 
 def _gradient_step(cfg: SelectConfig, kept: list[Candidate]) -> tuple[list[Candidate], list, dict]:
@@ -251,7 +252,7 @@ def _gradient_step(cfg: SelectConfig, kept: list[Candidate]) -> tuple[list[Candi
                              max_length=cfg.max_length), progress=False)
     targets = {Path(t).stem: read_records(t, SFTExample) for t in cfg.targets}
     scores = gradient_scores(cfg.model, pool, targets, work / "warmup", cfg.dim, cfg.seed, cfg.max_length,
-                             work / "features")
+                             work / "features", checkpointing=cfg.checkpointing)
     top = top_indices(scores, n=cfg.n or None, fraction=None if cfg.n else cfg.fraction)
     chosen = set(top)
     write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s) for c, s in zip(kept, scores)})
