@@ -134,6 +134,11 @@ def test_select_method_gradient_end_to_end_finds_planted_copies(tiny_model_dir, 
     assert {f"p{i}" for i in planted} <= {r.problem_id for r in rows}
     ck = sorted((tmp_path / "sel.jsonl.gradient" / "warmup" / "checkpoints").glob("checkpoint-*"))
     assert len(ck) == 2 and all((c / "optimizer.pt").exists() for c in ck)
+    # Selection compute: 2 checkpoints x (16 pool + 2 target) gradients, each priced as a LoRA training sequence.
+    cost = s["funnel"][-1]["cost"]
+    assert cost["checkpoints"] == 2 and cost["gradients"] == 2 * 18
+    assert cost["feature_flops"] > 0 and cost["warmup_flops"] > 0
+    assert s["selection_flops"] == cost["warmup_flops"] + cost["feature_flops"]
 
 
 def test_checkpointed_gradient_equals_plain(tiny_model_dir):

@@ -72,6 +72,18 @@ def test_random_is_seeded_and_exact_size():
     assert len(c) == 3
 
 
+def test_source_keeps_one_task_by_full_or_short_name():
+    problems = [Problem("x", "1 + 1 =", "2", "reasoning_gym:chain_sum"), Problem("y", "gcd(4, 6)", "2", "reasoning_gym:gcd")]
+    samples = [_sample("x", 0, "2", 1), _sample("y", 0, "2", 1), _sample("x", 1, "2", 1)]
+    cands = build_candidates(problems, samples, [], where="t")
+    kept, rej = SELECTORS.get("source")(cands, "chain_sum", random.Random(0))
+    assert _keys(kept) == [("x", 0), ("x", 1)]
+    assert [r for _, r in rej] == ["source reasoning_gym:gcd is not chain_sum"]
+    assert _keys(SELECTORS.get("source")(cands, "reasoning_gym:gcd", random.Random(0))[0]) == [("y", 0)]
+    with pytest.raises(InputError, match="needs a source name"):
+        run_pipeline(cands, ["source"], seed=0)
+
+
 def test_unknown_selector_and_bad_args():
     cands = build_candidates(*_pool(), where="t")
     with pytest.raises(InputError, match="did you mean 'correct'"):

@@ -253,15 +253,19 @@ def checkpoint_lr(ckpt) -> float:
 
 
 def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmup_dir, dim: int, seed: int,
-                    max_length: int, out_dir, progress: bool = True, checkpointing: bool = False) -> np.ndarray:
+                    max_length: int, out_dir, progress: bool = True, checkpointing: bool = False) -> tuple[np.ndarray, dict]:
     """LESS scores of ``pool`` (SFTExample rows) against ``targets`` (task -> rows), using the warmup
-    run's checkpoints in ``warmup_dir/checkpoints``; features are stored (and resumed) in ``out_dir``."""
+    run's checkpoints in ``warmup_dir/checkpoints``; features are stored (and resumed) in ``out_dir``.
+
+    Returns (scores, cost): cost counts the gradients, their tokens and FLOPs, each gradient costing
+    what one LoRA training sequence does (:func:`assay.train.step_flops`)."""
     from pathlib import Path
 
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from .models import load, resolve
+    from .models import load, resolve, stats_for
+    from .train import step_flops
 
     ckpts = sorted((Path(warmup_dir) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     if not ckpts:
@@ -272,6 +276,8 @@ def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmu
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_feats, target_feats, lrs = [], [], []
+    lengths = [len(ids) for ids, _ in pool_ex] + [len(ids) for exs in target_ex.values() for ids, _ in exs]
+    stats, flops = stats_for(model_spec), 0.0
     for ck in ckpts:
         base, _ = load(model_spec)
         model = PeftModel.from_pretrained(base, ck, is_trainable=True)
@@ -291,4 +297,7 @@ def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmu
             tf[t] = np.asarray(st.array)
         target_feats.append(tf)
         lrs.append(checkpoint_lr(ck))
-    return less_scores(train_feats, target_feats, lrs)
+        flops += sum(step_flops([t], stats, "lora", D, checkpointing) for t in lengths)
+    cost = {"checkpoints": len(ckpts), "gradients": len(ckpts) * len(lengths), "tokens": len(ckpts) * sum(lengths),
+            "flops": flops}
+    return less_scores(train_feats, target_feats, lrs), cost

@@ -149,8 +149,21 @@ def random_n(cands, arg, rng):
     return [c for c in cands if id(c) in pick], [(c, f"not drawn in random:{n}") for c in cands if id(c) not in pick]
 
 
+def source(cands, arg, rng):
+    """Keep problems from one source: its full name (``reasoning_gym:chain_sum``) or last part (``chain_sum``)."""
+    if not arg:
+        raise InputError("selector 'source' needs a source name, e.g. 'source:chain_sum'")
+
+    def match(p: Problem) -> bool:
+        return p.source == arg or p.source.rsplit(":", 1)[-1] == arg
+
+    kept = [c for c in cands if match(c.problem)]
+    return kept, [(c, f"source {c.problem.source} is not {arg}") for c in cands if not match(c.problem)]
+
+
 for _name, _fn in (("correct", correct), ("finished", finished), ("dedup", dedup), ("shortest", shortest),
-                   ("longest", longest), ("max_per_problem", max_per_problem), ("random", random_n)):
+                   ("longest", longest), ("max_per_problem", max_per_problem), ("random", random_n),
+                   ("source", source)):
     SELECTORS.add(_name, _fn)
 
 
@@ -211,7 +224,8 @@ class SelectConfig:
     out: str = opt("sft.jsonl", help="SFT JSONL to write; rejects go to <out>.rejected.jsonl, counts to <out>.funnel.json")
     selectors: list = opt(["correct", "finished", "dedup", "max_per_problem:4"],
                           help="pipeline of selectors, 'name' or 'name:arg', applied in order: "
-                               "correct, finished, dedup, shortest[:m], longest[:m], max_per_problem:m, random:N")
+                               "correct, finished, dedup, shortest[:m], longest[:m], max_per_problem:m, random:N, "
+                               "source:NAME")
     seed: int = opt(0, help="seed of the random choices")
     method: str = opt("pipeline", help="pipeline (the selectors only) or gradient (LESS: the selectors make the pool, "
                                        "gradient similarity to --targets picks from it)")
@@ -246,18 +260,20 @@ def _gradient_step(cfg: SelectConfig, kept: list[Candidate]) -> tuple[list[Candi
     warm = rng.sample(pool, max(1, math.ceil(cfg.warmup_fraction * len(pool))))
     write_records(work / "warmup.jsonl", warm)
     per_epoch = max(1, math.ceil(len(warm) / 8))
-    run_training(TrainConfig(data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=cfg.model,
+    warm_summary = run_training(TrainConfig(data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=cfg.model,
                              lora=LoraOptions(r=cfg.lora_r, alpha=2 * cfg.lora_r), epochs=cfg.warmup_epochs,
                              batch_size=8, save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=cfg.seed,
                              max_length=cfg.max_length), progress=False)
     targets = {Path(t).stem: read_records(t, SFTExample) for t in cfg.targets}
-    scores = gradient_scores(cfg.model, pool, targets, work / "warmup", cfg.dim, cfg.seed, cfg.max_length,
+    scores, cost = gradient_scores(cfg.model, pool, targets, work / "warmup", cfg.dim, cfg.seed, cfg.max_length,
                              work / "features", checkpointing=cfg.checkpointing)
     top = top_indices(scores, n=cfg.n or None, fraction=None if cfg.n else cfg.fraction)
     chosen = set(top)
     write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s) for c, s in zip(kept, scores)})
     rej = [(c, f"gradient score {scores[i]:.4g} below the top {len(top)}") for i, c in enumerate(kept) if i not in chosen]
-    return [kept[i] for i in top], rej, {"step": "gradient", "kept": len(top), "dropped": len(rej)}
+    cost = {"warmup_flops": warm_summary["flops"], "feature_flops": cost.pop("flops"), **cost}
+    cost["flops"] = cost["warmup_flops"] + cost["feature_flops"]
+    return [kept[i] for i in top], rej, {"step": "gradient", "kept": len(top), "dropped": len(rej), "cost": cost}
 
 
 def run_select(cfg: SelectConfig) -> dict:
@@ -267,8 +283,10 @@ def run_select(cfg: SelectConfig) -> dict:
     cands = build_candidates(problems, samples, verdicts, cfg.samples)
     kept, rejected, funnel = run_pipeline(cands, cfg.selectors, cfg.seed)
     label = ">".join(cfg.selectors)
+    selection_flops = 0.0
     if cfg.method != "pipeline":
         kept, rej, step = _gradient_step(cfg, kept)
+        selection_flops = step["cost"]["flops"]
         rejected.extend((c, "gradient", r) for c, r in rej)
         funnel.append(step)
         label += ">gradient"
@@ -278,7 +296,7 @@ def run_select(cfg: SelectConfig) -> dict:
         for c, step, reason in rejected])
     summary = {"examples": n, "problems": len({c.problem.id for c in kept}),
                "completion_tokens": sum(c.sample.completion_tokens for c in kept), "funnel": funnel,
-               "sample_flops": sum(c.sample.flops for c in cands)}
+               "sample_flops": sum(c.sample.flops for c in cands), "selection_flops": selection_flops}
     write_json(cfg.out + ".funnel.json", summary)
     save_yaml(cfg.out + ".config.yaml", to_mapping(cfg))
     return summary
