@@ -120,3 +120,20 @@ def test_study_curation_real_model_reduced(tmp_path):
     trained = [k for k, v in study["results"].items() if k != "base" and "skipped" not in v]
     assert "random-4N" in trained and all(study["results"][k]["steps"] == 2 for k in trained)
     assert (run / "curated" / "01_difficulty.rejected.jsonl").exists() and "Curation funnel" in (run / "report.md").read_text()
+
+
+def test_study_selection_real_model_reduced(tmp_path):
+    """Gradient vs random vs curated vs target-only on SmolLM2 at toy sizes: every stage runs on real samples."""
+    from assay.cli import main
+
+    run = tmp_path / "sel"
+    assert main(["study", "selection", f"run_dir={run}", "target_pool=40", "distractor_pool=24",
+                 "distractors=[rg:basic_arithmetic]", "dev_size=16", "n_targets=4", "heldout_size=16", "k=2", "n=3",
+                 "train_steps=2", "sample_max_new_tokens=32", "eval.max_new_tokens=32", "gradient.warmup_epochs=2",
+                 "gradient.dim=1024", "gradient.max_length=128"]) == 0
+    study = json.loads((run / "study.json").read_text())
+    res = study["results"]
+    assert res["base"]["greedy_pass@1"] >= 0 and res["target-only-N"]["target_share"] == 1.0
+    assert res["gradient-N"]["examples"] == 3 and res["gradient-N"]["steps"] == 2
+    assert study["gradient_cost"]["feature_flops"] > 0 and "chain_sum" in study["scores_by_task"]
+    assert "Gradient selection cost" in (run / "report.md").read_text()

@@ -9,6 +9,7 @@ to exactly what made it.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
@@ -27,7 +28,7 @@ def opt(default: Any = MISSING, help: str = "", **kw: Any) -> Any:
     """A config field with its documentation."""
     if isinstance(default, (list, dict)):
         val = default
-        return field(default_factory=lambda: type(val)(val), metadata={"help": help}, **kw)
+        return field(default_factory=lambda: copy.deepcopy(val), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
 
 
@@ -74,14 +75,39 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def from_mapping(cls: Type[C], data: dict, where: str = "config") -> C:
-    """Build a (possibly nested) config dataclass, rejecting unknown keys with a suggestion."""
+def _nested_default(f: dataclasses.Field) -> Any:
+    """The default instance of a nested config field (a pipeline may set other defaults than the class)."""
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default if f.default is not MISSING else None
+
+
+def from_mapping(cls: Type[C], data: dict, where: str = "config", base: Any = None) -> C:
+    """Build a (possibly nested) config dataclass, rejecting unknown keys with a suggestion.
+
+    Keys not in ``data`` keep their value in ``base`` (or the field default). A nested config
+    section is merged into that field's own default, so ``train.batch_size=4`` changes the batch
+    size and keeps every other setting the pipeline chose for ``train``.
+    """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for k in data:
         if k not in names:
             raise InputError(f"{where}: unknown key '{k}'{did_you_mean(k, names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {}
+    for f in fields(cls):
+        if not f.init:
+            continue
+        if f.name not in data:
+            if base is not None:
+                kwargs[f.name] = copy.deepcopy(getattr(base, f.name))
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if is_dataclass(hint) and isinstance(value, dict):
+            sub = getattr(base, f.name) if base is not None else _nested_default(f)
+            kwargs[f.name] = from_mapping(hint, value, f"{where}.{f.name}", base=sub if is_dataclass(sub) else None)
+        else:
+            kwargs[f.name] = _coerce(value, hint, f"{where}.{f.name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:

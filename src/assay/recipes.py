@@ -21,6 +21,7 @@ PIPELINES: Registry[tuple[str, str]] = Registry("pipeline")
 PIPELINES.add("quickstart", ("assay.quickstart", "QuickstartConfig"))
 PIPELINES.add("study-sampling", ("assay.study_sampling", "StudySamplingConfig"))
 PIPELINES.add("study-curation", ("assay.study_curation", "StudyCurationConfig"))
+PIPELINES.add("study-selection", ("assay.study_selection", "StudySelectionConfig"))
 
 
 @dataclass

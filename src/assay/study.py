@@ -16,6 +16,7 @@ from .registry import Registry
 STUDIES: Registry[tuple[str, str]] = Registry("study")
 STUDIES.add("sampling", ("assay.study_sampling", "StudySamplingConfig"))
 STUDIES.add("curation", ("assay.study_curation", "StudyCurationConfig"))
+STUDIES.add("selection", ("assay.study_selection", "StudySelectionConfig"))
 
 
 @dataclass
@@ -31,3 +32,58 @@ def cli_run(cfg: StudyConfig) -> int:
     mod = importlib.import_module(mod_name)
     scfg = from_mapping(getattr(mod, cls_name), parse_overrides(cfg.overrides), where=f"study {cfg.name}")
     return int(mod.cli_run(scfg) or 0)
+
+
+# ---- pieces the studies share: held-out problems, and students trained and evaluated side by side ----
+
+def rg_problems(path, task: str, kwargs: dict, seed: int, size: int) -> None:
+    """Distinct reasoning-gym problems of ``task`` (``rg:<name>``) drawn from ``seed`` onwards."""
+    from .problems import ProblemsConfig, cli_run as write_problems
+
+    write_problems(ProblemsConfig(source=task, out=str(path), seed=seed, size=size, task_kwargs=dict(kwargs),
+                                  distinct=True))
+
+
+def train_and_evaluate(r, sets: dict[str, str], base_eval, train, model: str, seed: int, steps: int,
+                       versus: str = "") -> dict:
+    """Evaluate the base model, then train one student per SFT set (the same ``steps`` optimizer steps
+    each) and evaluate it under the base's protocol; paired gains against the base (and against the
+    set named ``versus``, if any). Every step is a stage of run ``r``, skipped when already done."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from .config import to_mapping
+    from .evaluate import compare, run_eval
+    from .io import read_records
+    from .records import SFTExample
+    from .train import run_training
+
+    d = r.dir
+    r.stage("eval_base", to_mapping(base_eval), lambda: run_eval(base_eval), inputs=[base_eval.benchmark],
+            outputs=[base_eval.out], models=[base_eval.model])
+    results = {"base": {"examples": 0, **json.loads((Path(base_eval.out) / "result.json").read_text())["metrics"]}}
+    for name, data in sets.items():
+        n_ex = len(read_records(data, SFTExample))
+        if n_ex == 0:
+            results[name] = {"examples": 0, "skipped": "no examples"}
+            continue
+        tcfg = dataclasses.replace(train, data=data, out=str(d / f"{name}.student"), model=model, seed=seed,
+                                   max_steps=steps)
+        r.stage(f"train_{name}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg), inputs=[data],
+                outputs=[tcfg.out], models=[model])
+        ecfg = dataclasses.replace(base_eval, model=tcfg.out, out=str(d / f"eval.{name}"))
+        r.stage(f"eval_{name}", to_mapping(ecfg), lambda ecfg=ecfg: run_eval(ecfg), inputs=[base_eval.benchmark, tcfg.out],
+                outputs=[ecfg.out], models=[tcfg.out])
+        c = compare(base_eval.out, ecfg.out)
+        summ = json.loads((Path(tcfg.out) / "train_summary.json").read_text())
+        results[name] = {"examples": n_ex, "greedy_pass@1": c["after"], "gain": c["gain"], "gain_ci95": c["gain_ci95"],
+                         "p_value": c["p_value"], "train_tokens": summ["tokens"], "train_flops": summ["flops"],
+                         "steps": summ["steps"]}
+    ref = d / f"eval.{versus}"
+    if versus and (ref / "result.json").exists():
+        for name, res in results.items():
+            if name not in ("base", versus) and "skipped" not in res:
+                c = compare(ref, d / f"eval.{name}")
+                res[f"vs_{versus}"] = {"gain": c["gain"], "gain_ci95": c["gain_ci95"], "p_value": c["p_value"]}
+    return results

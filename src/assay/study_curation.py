@@ -24,7 +24,7 @@ from .config import opt, save_yaml, to_mapping
 from .evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED, EvalConfig
 from .io import InputError, read_records
 from .models import DEFAULT_MODEL
-from .records import Problem, SFTExample
+from .records import Problem
 from .train import TrainConfig
 
 
@@ -52,13 +52,11 @@ class StudyCurationConfig:
 def run(cfg: StudyCurationConfig) -> dict:
     from . import verify
     from .curate import CurateConfig, run_curation
-    from .evaluate import compare, run_eval
     from .generate import SampleConfig, run_sampling
-    from .problems import ProblemsConfig, cli_run as write_problems
     from .quickstart import decontaminate as drop_heldout
     from .runs import Run
     from .select import SelectConfig, run_select
-    from .train import run_training
+    from .study import rg_problems, train_and_evaluate
     from .io import write_json, write_records
 
     if not cfg.task.startswith("rg:"):
@@ -71,8 +69,7 @@ def run(cfg: StudyCurationConfig) -> dict:
     held, raw, pool = d / "heldout.jsonl", d / "pool.raw.jsonl", d / "pool.jsonl"
 
     def problems_file(path, seed, size):
-        write_problems(ProblemsConfig(source=cfg.task, out=str(path), seed=seed, size=size,
-                                      task_kwargs=dict(cfg.task_kwargs), distinct=True))
+        rg_problems(path, cfg.task, cfg.task_kwargs, seed, size)
 
     r.stage("heldout", {"task": cfg.task, "kw": cfg.task_kwargs, "size": cfg.heldout_size},
             lambda: problems_file(held, HELDOUT_SEED, cfg.heldout_size), outputs=[held])
@@ -110,26 +107,7 @@ def run(cfg: StudyCurationConfig) -> dict:
 
     base_eval = dataclasses.replace(cfg.eval, model=cfg.model, benchmark=str(held), out=str(d / "eval.base"),
                                     template=cfg.template)
-    r.stage("eval_base", to_mapping(base_eval), lambda: run_eval(base_eval), inputs=[held], outputs=[base_eval.out],
-            models=[cfg.model])
-    results = {"base": {"examples": 0, **json.loads((d / "eval.base" / "result.json").read_text())["metrics"]}}
-    for name, data in sets.items():
-        n_ex = len(read_records(data, SFTExample))
-        if n_ex == 0:
-            results[name] = {"examples": 0, "skipped": "no examples"}
-            continue
-        tcfg = dataclasses.replace(cfg.train, data=data, out=str(d / f"{name}.student"), model=cfg.model,
-                                   seed=cfg.seed, max_steps=cfg.train_steps)
-        r.stage(f"train_{name}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg), inputs=[data],
-                outputs=[tcfg.out], models=[cfg.model])
-        ecfg = dataclasses.replace(base_eval, model=tcfg.out, out=str(d / f"eval.{name}"))
-        r.stage(f"eval_{name}", to_mapping(ecfg), lambda ecfg=ecfg: run_eval(ecfg), inputs=[held, tcfg.out],
-                outputs=[ecfg.out], models=[tcfg.out])
-        c = compare(d / "eval.base", d / f"eval.{name}")
-        summ = json.loads((Path(tcfg.out) / "train_summary.json").read_text())
-        results[name] = {"examples": n_ex, "greedy_pass@1": c["after"], "gain": c["gain"], "gain_ci95": c["gain_ci95"],
-                         "p_value": c["p_value"], "train_tokens": summ["tokens"], "train_flops": summ["flops"],
-                         "steps": summ["steps"]}
+    results = train_and_evaluate(r, sets, base_eval, cfg.train, cfg.model, cfg.seed, cfg.train_steps)
     funnel = json.loads((d / "curated" / "funnel.json").read_text())["funnel"]
     out = {"results": results, "funnel": funnel, "heldout": len(read_records(held, Problem)),
            "train_steps": cfg.train_steps}
