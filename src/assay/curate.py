@@ -19,6 +19,7 @@ decision (Ye et al. 2025, "LIMO: Less is More for Reasoning"):
 
 from __future__ import annotations
 
+import inspect
 import random
 import re
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import yaml
 
 from .config import opt
 from .io import InputError
-from .registry import Registry
+from .registry import Registry, did_you_mean
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*|[^\sa-z0-9]")
 
@@ -300,8 +301,6 @@ def run_curation(cfg: CurateConfig) -> dict:
     items = {p.id: Item(p) for p in problems}
     chains_from = cfg.chains_from or next(iter(cfg.references), "")
     if cfg.references and chains_from not in cfg.references:
-        from .registry import did_you_mean
-
         raise InputError(f"curate chains_from '{chains_from}' is not one of the references"
                          f"{did_you_mean(chains_from, list(cfg.references))}")
     for model, files in cfg.references.items():
@@ -328,10 +327,6 @@ def run_curation(cfg: CurateConfig) -> dict:
         (name, opts), = spec.items()
         fn = STEPS.get(name)
         opts = dict(opts or {})
-        import inspect
-
-        from .registry import did_you_mean
-
         params = [p for p in inspect.signature(fn).parameters if p not in ("items", "against")]
         for k in opts:
             if k not in params + (["benchmarks"] if name == "decontaminate" else []):

@@ -8,7 +8,7 @@ given as dotted overrides (``assay study sampling problems=60 k_se=1``) or from 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import from_mapping, opt, parse_overrides
 from .registry import Registry
@@ -35,6 +35,41 @@ def cli_run(cfg: StudyConfig) -> int:
 
 
 # ---- pieces the studies share: held-out problems, and students trained and evaluated side by side ----
+
+def train_section():
+    """The ``train`` field of a study config: LoRA students (data, out, model, seed and steps set by the study)."""
+    from .train import TrainConfig
+
+    return field(default_factory=lambda: TrainConfig(method="lora", lr=2e-4, batch_size=8),
+                 metadata={"help": "student training (data/out/model/seed/max_steps set by the study)"})
+
+
+def eval_section():
+    """The ``eval`` field of a study config: greedy evaluation on the study's held-out problems."""
+    from .evaluate import EvalConfig
+
+    return field(default_factory=lambda: EvalConfig(max_new_tokens=256, max_batch=64),
+                 metadata={"help": "evaluation (model/benchmark/out/template set by the study)"})
+
+
+def sample_and_verify(r, problems, model: str, k: int, seed: int, template: str, max_new_tokens: int,
+                      tag: str = "") -> tuple[str, str]:
+    """Stages ``sample[_tag]`` and ``verify[_tag]``: k samples per problem at temperature 0.7, verified.
+    Returns the (samples, verdicts) paths."""
+    from . import verify
+    from .config import to_mapping
+    from .generate import SampleConfig, run_sampling
+
+    pre, suf = (f"{tag}.", f"_{tag}") if tag else ("", "")
+    scfg = SampleConfig(problems=str(problems), out=str(r.dir / f"{pre}samples.jsonl"), model=model, n=k, seed=seed,
+                        template=template, temperature=0.7, max_new_tokens=max_new_tokens, max_batch=64)
+    r.stage(f"sample{suf}", to_mapping(scfg), lambda: run_sampling(scfg), inputs=[problems], outputs=[scfg.out],
+            models=[model])
+    vcfg = verify.VerifyConfig(problems=str(problems), samples=scfg.out, out=str(r.dir / f"{pre}verdicts.jsonl"))
+    r.stage(f"verify{suf}", to_mapping(vcfg), lambda: verify.cli_run(vcfg), inputs=[problems, scfg.out],
+            outputs=[vcfg.out])
+    return scfg.out, vcfg.out
+
 
 def rg_problems(path, task: str, kwargs: dict, seed: int, size: int) -> None:
     """Distinct reasoning-gym problems of ``task`` (``rg:<name>``) drawn from ``seed`` onwards."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import opt, save_yaml, to_mapping
@@ -25,6 +25,7 @@ from .evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED, EvalConfig
 from .io import InputError, read_records
 from .models import DEFAULT_MODEL
 from .records import Problem
+from .study import eval_section, train_section
 from .train import TrainConfig
 
 
@@ -42,21 +43,17 @@ class StudyCurationConfig:
     template: str = opt("plain-v1", help="prompt template for sampling, training and evaluation")
     sample_max_new_tokens: int = opt(64, help="completion limit when sampling the pool")
     train_steps: int = opt(24, help="the training budget: optimizer steps for every student")
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(method="lora", lr=2e-4, batch_size=8),
-                               metadata={"help": "student training (data/out/model/seed/max_steps set by the study)"})
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=256, max_batch=64),
-                             metadata={"help": "evaluation (model/benchmark/out/template set by the study)"})
+    train: TrainConfig = train_section()
+    eval: EvalConfig = eval_section()
     run_dir: str = opt("runs/study-curation", help="where everything goes")
 
 
 def run(cfg: StudyCurationConfig) -> dict:
-    from . import verify
     from .curate import CurateConfig, run_curation
-    from .generate import SampleConfig, run_sampling
     from .quickstart import decontaminate as drop_heldout
     from .runs import Run
     from .select import SelectConfig, run_select
-    from .study import rg_problems, train_and_evaluate
+    from .study import rg_problems, sample_and_verify, train_and_evaluate
     from .io import write_json, write_records
 
     if not cfg.task.startswith("rg:"):
@@ -82,26 +79,21 @@ def run(cfg: StudyCurationConfig) -> dict:
 
     r.stage("pool", {"task": cfg.task, "kw": cfg.task_kwargs, "seed": cfg.seed, "size": cfg.pool_size}, make_pool,
             inputs=[held], outputs=[pool])
-    scfg = SampleConfig(problems=str(pool), out=str(d / "samples.jsonl"), model=cfg.model, n=cfg.k, seed=cfg.seed,
-                        template=cfg.template, temperature=0.7, max_new_tokens=cfg.sample_max_new_tokens, max_batch=64)
-    r.stage("sample", to_mapping(scfg), lambda: run_sampling(scfg), inputs=[pool], outputs=[scfg.out],
-            models=[cfg.model])
-    vcfg = verify.VerifyConfig(problems=str(pool), samples=scfg.out, out=str(d / "verdicts.jsonl"))
-    r.stage("verify", to_mapping(vcfg), lambda: verify.cli_run(vcfg), inputs=[pool, scfg.out], outputs=[vcfg.out])
+    samples, verdicts = sample_and_verify(r, pool, cfg.model, cfg.k, cfg.seed, cfg.template, cfg.sample_max_new_tokens)
 
-    ccfg = CurateConfig(problems=str(pool), out=str(d / "curated"), references={cfg.model: [scfg.out, vcfg.out]},
+    ccfg = CurateConfig(problems=str(pool), out=str(d / "curated"), references={cfg.model: [samples, verdicts]},
                         steps=[{"difficulty": {"bands": {cfg.model: list(cfg.band)}}},
                                {"decontaminate": {"benchmarks": [str(held)], "n": 13}},
                                {"dedup": {"threshold": 0.8}}, {"rubric": {}},
                                {"diverse": {"n": cfg.n, "by": "group", "seed": cfg.seed}}])
-    r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, scfg.out, vcfg.out],
+    r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, samples, verdicts],
             outputs=[d / "curated"])
     sets = {"curated-N": str(d / "curated" / "sft.jsonl")}
     for name, size in (("random-N", cfg.n), ("random-4N", 4 * cfg.n)):
-        sel = SelectConfig(problems=str(pool), samples=scfg.out, verdicts=vcfg.out, out=str(d / f"{name}.sft.jsonl"),
+        sel = SelectConfig(problems=str(pool), samples=samples, verdicts=verdicts, out=str(d / f"{name}.sft.jsonl"),
                            selectors=["correct", "finished", "dedup", "max_per_problem:1", f"random:{size}"],
                            seed=cfg.seed)
-        r.stage(f"select_{name}", to_mapping(sel), lambda sel=sel: run_select(sel), inputs=[scfg.out, vcfg.out],
+        r.stage(f"select_{name}", to_mapping(sel), lambda sel=sel: run_select(sel), inputs=[samples, verdicts],
                 outputs=[sel.out])
         sets[name] = sel.out
 

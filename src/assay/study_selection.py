@@ -33,6 +33,7 @@ from .io import InputError, read_records
 from .models import DEFAULT_MODEL
 from .records import Problem, SFTExample
 from .select import SelectConfig
+from .study import eval_section, train_section
 from .train import TrainConfig
 
 DEV_SEED = 20_000  # dev (target-example) problems: item i from seed 20_000 + i, apart from pool and held-out
@@ -67,10 +68,8 @@ class StudySelectionConfig:
         default_factory=lambda: SelectConfig(method="gradient", warmup_fraction=0.25, max_length=256),
         metadata={"help": "LESS settings: warmup_fraction, warmup_epochs, lora_r, dim, max_length, checkpointing "
                           "(files, selectors, n, model and seed are set by the study)"})
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(method="lora", lr=2e-4, batch_size=8),
-                               metadata={"help": "student training (data/out/model/seed/max_steps set by the study)"})
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=256, max_batch=64),
-                             metadata={"help": "evaluation (model/benchmark/out/template set by the study)"})
+    train: TrainConfig = train_section()
+    eval: EvalConfig = eval_section()
     run_dir: str = opt("runs/study-selection", help="where everything goes")
 
 
@@ -109,14 +108,12 @@ def scores_by_task(scores: dict[str, float], task_of: dict[str, str]) -> dict[st
 
 
 def run(cfg: StudySelectionConfig) -> dict:
-    from . import verify
     from .curate import CurateConfig, run_curation
-    from .generate import SampleConfig, run_sampling
     from .io import write_json, write_records
     from .quickstart import decontaminate
     from .runs import Run
     from .select import run_select
-    from .study import rg_problems, train_and_evaluate
+    from .study import rg_problems, sample_and_verify, train_and_evaluate
 
     _check(cfg)
     r = Run(cfg.run_dir)
@@ -154,17 +151,9 @@ def run(cfg: StudySelectionConfig) -> dict:
     r.stage("pool", {"tasks": {t: list(v) for t, v in tasks.items()}, "seed": cfg.seed}, make_pool,
             inputs=[held, dev], outputs=[pool])
 
-    verified = {}
-    for name, probs in (("pool", pool), ("dev", dev)):
-        scfg = SampleConfig(problems=str(probs), out=str(d / f"{name}.samples.jsonl"), model=cfg.model, n=cfg.k,
-                            seed=cfg.seed, template=cfg.template, temperature=0.7,
-                            max_new_tokens=cfg.sample_max_new_tokens, max_batch=64)
-        r.stage(f"sample_{name}", to_mapping(scfg), lambda scfg=scfg: run_sampling(scfg), inputs=[probs],
-                outputs=[scfg.out], models=[cfg.model])
-        vcfg = verify.VerifyConfig(problems=str(probs), samples=scfg.out, out=str(d / f"{name}.verdicts.jsonl"))
-        r.stage(f"verify_{name}", to_mapping(vcfg), lambda vcfg=vcfg: verify.cli_run(vcfg), inputs=[probs, scfg.out],
-                outputs=[vcfg.out])
-        verified[name] = (str(probs), scfg.out, vcfg.out)
+    verified = {name: (str(probs), *sample_and_verify(r, probs, cfg.model, cfg.k, cfg.seed, cfg.template,
+                                                     cfg.sample_max_new_tokens, tag=name))
+                for name, probs in (("pool", pool), ("dev", dev))}
 
     def select_stage(name: str, files: tuple, out: Path, **kw) -> SelectConfig:
         base = cfg.gradient if kw.get("method") == "gradient" else SelectConfig()
