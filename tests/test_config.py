@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import pytest
 
@@ -43,3 +44,26 @@ def test_unknown_and_mistyped_keys_are_named():
         from_mapping(Outer, parse_overrides(["train.bach_size=2"]))
     with pytest.raises(InputError, match="config.train.batch_size: expected an integer"):
         from_mapping(Outer, parse_overrides(["train.batch_size=two"]))
+
+
+@dataclass
+class Deep:
+    inner: Inner = field(default_factory=lambda: Inner(lr=5.0), metadata={"help": "a section"})
+    maybe: Optional[Inner] = field(default_factory=lambda: Inner(batch_size=16), metadata={"help": "optional"})
+    band: list[int] = opt([1, 4], help="a typed list")
+
+
+@dataclass
+class Top:
+    deep: Deep = field(default_factory=lambda: Deep(band=[2, 3]), metadata={"help": "two levels down"})
+
+
+def test_sections_two_levels_down_optional_sections_and_typed_lists():
+    cfg = from_mapping(Top, parse_overrides(["deep.inner.batch_size=1", "deep.maybe.lr=7", "deep.band=0,2"]))
+    assert cfg.deep.inner == Inner(lr=5.0, batch_size=1)  # the outer pipeline's default kept, one key changed
+    assert cfg.deep.maybe == Inner(lr=7.0, batch_size=16)
+    assert cfg.deep.band == [0, 2]
+    assert from_mapping(Top, {}).deep.band == [2, 3]
+    assert from_mapping(Deep, {"maybe": None}).maybe is None
+    with pytest.raises(InputError, match="deep.band: expected an integer"):
+        from_mapping(Top, parse_overrides(["deep.band=a,b"]))

@@ -114,3 +114,26 @@ def test_run_curation_writes_funnel_and_both_sides(tmp_path):
     with pytest.raises(InputError, match="did you mean 'threshold'"):
         run_curation(CurateConfig(problems=str(tmp_path / "p.jsonl"), out=str(tmp_path / "c2"),
                                   steps=[{"dedup": {"treshold": 0.8}}]))
+
+
+def test_truncated_chains_count_for_difficulty_but_are_never_chosen(tmp_path):
+    import dataclasses
+
+    problems = [P(0, "What is 3 + 5 ?")]
+    long = "3 + 5 = 8. Let me check that again carefully: 3 + 5 is 8, so 8 and so on and so on"
+    samples = [S("p0", 0, "8"), dataclasses.replace(S("p0", 1, long), finish_reason="length")]
+    verdicts = [Verdict("p0", 0, "8", True, "x"), Verdict("p0", 1, "8", True, "x")]
+    for name, recs in (("p", problems), ("s", samples), ("v", verdicts)):
+        write_records(tmp_path / f"{name}.jsonl", recs)
+
+    def best(finished_only: bool) -> list:
+        out = tmp_path / f"cur{finished_only}"
+        s = run_curation(CurateConfig(problems=str(tmp_path / "p.jsonl"), out=str(out), finished_only=finished_only,
+                                      references={"m": [str(tmp_path / "s.jsonl"), str(tmp_path / "v.jsonl")]},
+                                      steps=[{"difficulty": {"bands": {"m": [2, 2]}}}, {"rubric": {}}]))
+        assert s["funnel"][1] == {"step": "difficulty", "kept": 1, "dropped": 0}  # both attempts count as solved
+        return [r.sample_index for r in read_records(out / "sft.jsonl", SFTExample)]
+
+    # The rubric prefers the longer, self-checking chain, but it was cut off at max_new_tokens.
+    assert best(finished_only=False) == [1]
+    assert best(finished_only=True) == [0]

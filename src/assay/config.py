@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import types
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
@@ -97,12 +98,18 @@ def from_mapping(cls: Type[C], data: dict, where: str = "config", base: Any = No
     kwargs = {}
     for f in fields(cls):
         if not f.init:
+            if f.name in data:
+                raise InputError(f"{where}: '{f.name}' is derived, not set")
             continue
         if f.name not in data:
             if base is not None:
                 kwargs[f.name] = copy.deepcopy(getattr(base, f.name))
             continue
         value, hint = data[f.name], hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if isinstance(value, dict) and typing.get_origin(hint) in (typing.Union, types.UnionType) and \
+                len(inner) == 1 and is_dataclass(inner[0]):
+            hint = inner[0]  # Optional[Section]: a mapping fills the section (None stays None below)
         if is_dataclass(hint) and isinstance(value, dict):
             sub = getattr(base, f.name) if base is not None else _nested_default(f)
             kwargs[f.name] = from_mapping(hint, value, f"{where}.{f.name}", base=sub if is_dataclass(sub) else None)

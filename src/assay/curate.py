@@ -269,6 +269,9 @@ class CurateConfig:
     steps: list = opt([{"dedup": {"threshold": 0.8}}, {"rubric": {}}],
                       help="steps in order, each {name: options}: difficulty, decontaminate, dedup, rubric, diverse")
     chains_from: str = opt("", help="reference model whose correct samples are the chains (default: the first)")
+    finished_only: bool = opt(True, help="chains only from completions that ended on their own; one cut off at "
+                                         "max_new_tokens still counts as solved for difficulty, but never teaches "
+                                         "the model to stop")
     out: str = opt("curated", help="output folder: per-step kept/rejected JSONL, funnel.json, sft.jsonl")
     data_dir: Optional[str] = opt(None, help="folder of shared benchmark files (for decontaminate against names)")
 
@@ -315,7 +318,7 @@ def run_curation(cfg: CurateConfig) -> dict:
             c, n = it.attempts.get(model, (0, 0))
             good = ok.get((s.problem_id, s.sample_index), False)
             it.attempts[model] = (c + good, n + 1)
-            if good and model == chains_from:
+            if good and model == chains_from and not (cfg.finished_only and s.finish_reason == "length"):
                 it.chains.append(s)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

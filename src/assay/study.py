@@ -116,7 +116,7 @@ def train_and_evaluate(r, sets: dict[str, str], base_eval, train, model: str, se
                          "p_value": c["p_value"], "train_tokens": summ["tokens"], "train_flops": summ["flops"],
                          "steps": summ["steps"]}
     ref = d / f"eval.{versus}"
-    if versus and (ref / "result.json").exists():
+    if versus and "skipped" not in results.get(versus, {"skipped": "not a set"}):
         for name, res in results.items():
             if name not in ("base", versus) and "skipped" not in res:
                 c = compare(ref, d / f"eval.{name}")

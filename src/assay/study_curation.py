@@ -39,7 +39,7 @@ class StudyCurationConfig:
     seed: int = opt(0, help="seed of the pool, samples, selection and training")
     k: int = opt(8, help="samples per pool problem (the difficulty band is counted out of k)")
     n: int = opt(24, help="N: size of the curated set and of random-N (random-4N has 4N)")
-    band: list = opt([1, 4], help="difficulty band: keep problems solved this many times out of k (inclusive)")
+    band: list[int] = opt([1, 4], help="difficulty band: keep problems solved this many times out of k (inclusive)")
     template: str = opt("plain-v1", help="prompt template for sampling, training and evaluation")
     sample_max_new_tokens: int = opt(64, help="completion limit when sampling the pool")
     train_steps: int = opt(24, help="the training budget: optimizer steps for every student")
@@ -86,7 +86,7 @@ def run(cfg: StudyCurationConfig) -> dict:
                                {"decontaminate": {"benchmarks": [str(held)], "n": 13}},
                                {"dedup": {"threshold": 0.8}}, {"rubric": {}},
                                {"diverse": {"n": cfg.n, "by": "group", "seed": cfg.seed}}])
-    r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, samples, verdicts],
+    r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, samples, verdicts, held],
             outputs=[d / "curated"])
     sets = {"curated-N": str(d / "curated" / "sft.jsonl")}
     for name, size in (("random-N", cfg.n), ("random-4N", 4 * cfg.n)):

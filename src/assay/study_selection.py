@@ -31,7 +31,7 @@ from .config import opt, save_yaml, to_mapping
 from .evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED, EvalConfig
 from .io import InputError, read_records
 from .models import DEFAULT_MODEL
-from .records import Problem, SFTExample
+from .records import Problem, Sample, SFTExample
 from .select import SelectConfig
 from .study import eval_section, train_section
 from .train import TrainConfig
@@ -43,7 +43,7 @@ DEV_SEED = 20_000  # dev (target-example) problems: item i from seed 20_000 + i,
 class StudySelectionConfig:
     model: str = opt(DEFAULT_MODEL, help="base model: the sampler, the gradient model and the student")
     target: str = opt("rg:chain_sum", help="the target task (reasoning-gym), evaluated on held-out problems")
-    target_kwargs: dict = opt(CHAIN_SUM_SMALL, help="the target task's settings")
+    target_kwargs: dict = opt(CHAIN_SUM_SMALL, help="the target task's settings (a new mapping replaces the whole default)")
     distractors: list = opt(["rg:basic_arithmetic", "rg:gcd", "rg:letter_counting"],
                             help="the other reasoning-gym tasks mixed into the pool")
     distractor_kwargs: dict = opt({"basic_arithmetic": {"min_terms": 2, "max_terms": 3, "min_digits": 1,
@@ -60,7 +60,7 @@ class StudySelectionConfig:
     pool_selectors: list = opt(["correct", "finished", "dedup", "max_per_problem:1"],
                                help="selectors that turn samples into the candidate pool (and dev samples into targets)")
     curated: bool = opt(True, help="also build curated-N with the LIMO curation steps")
-    band: list = opt([1, 4], help="curated-N: keep problems solved this many times out of k (inclusive)")
+    band: list[int] = opt([1, 4], help="curated-N: keep problems solved this many times out of k (inclusive)")
     template: str = opt("plain-v1", help="prompt template for sampling, training and evaluation")
     sample_max_new_tokens: int = opt(96, help="completion limit when sampling pool and dev problems")
     train_steps: int = opt(24, help="the training budget: optimizer steps for every student")
@@ -85,9 +85,19 @@ def _check(cfg: StudySelectionConfig) -> None:
         raise InputError(f"study selection: tasks must be rg:<name>, got {', '.join(bad)}")
     if len({task_name(t) for t in tasks}) != len(tasks):
         raise InputError(f"study selection: the target and distractors must be distinct tasks, got {tasks}")
-    unknown = set(cfg.distractor_kwargs) - {task_name(t) for t in cfg.distractors}
-    if unknown:
-        raise InputError(f"study selection: distractor_kwargs names tasks that are not distractors: {sorted(unknown)}")
+    unused = set(cfg.distractor_kwargs) - {task_name(t) for t in cfg.distractors}
+    if unused:
+        print(f"[assay] study selection: distractor_kwargs for {', '.join(sorted(unused))} unused "
+              f"(not among the distractors {', '.join(cfg.distractors)})")
+    ranges = {"pool": (cfg.seed, cfg.seed + max(cfg.target_pool, cfg.distractor_pool)),
+              "held-out": (HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size), "dev": (DEV_SEED, DEV_SEED + cfg.dev_size)}
+    names = list(ranges)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (a0, a1), (b0, b1) = ranges[a], ranges[b]
+            if a0 < b1 and b0 < a1:
+                raise InputError(f"study selection: {a} seeds {a0}..{a1 - 1} overlap {b} seeds {b0}..{b1 - 1}; "
+                                 "choose another seed or smaller sizes")
     if len(cfg.band) != 2:
         raise InputError(f"study selection: band must be [min, max], got {cfg.band}")
     if cfg.n < 1 or cfg.n_targets < 1:
@@ -185,7 +195,7 @@ def run(cfg: StudySelectionConfig) -> dict:
                                    {"decontaminate": {"benchmarks": [str(held), str(dev)], "n": 13}},
                                    {"dedup": {"threshold": 0.8}}, {"rubric": {}},
                                    {"diverse": {"n": cfg.n, "by": "source", "seed": cfg.seed}}])
-        r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, samples, verdicts],
+        r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, samples, verdicts, held, dev],
                 outputs=[d / "curated"])
         sets["curated-N"] = str(d / "curated" / "sft.jsonl")
 
@@ -206,7 +216,8 @@ def run(cfg: StudySelectionConfig) -> dict:
            "pool": {"problems": len(pool_problems), "candidates": pool_size,
                     "target_share": by_task.get(target, {}).get("candidates", 0) / max(1, pool_size)},
            "scores_by_task": by_task, "gradient_cost": funnel["funnel"][-1]["cost"],
-           "sample_flops": funnel["sample_flops"]}
+           "sample_flops": funnel["sample_flops"],
+           "dev_sample_flops": sum(x.flops for x in read_records(verified["dev"][1], Sample))}
     write_json(d / "study.json", out)
     (d / "report.md").write_text(format_report(out), encoding="utf-8")
     return out
@@ -240,7 +251,8 @@ def format_report(out: dict) -> str:
     lines += [f"| {t} | {v['candidates']} | {v['mean_score']:.4f} |" for t, v in out["scores_by_task"].items()]
     lines += ["", f"Gradient selection cost: {cost['flops']:.3g} FLOPs ({cost['warmup_flops']:.3g} warmup training, "
               f"{cost['feature_flops']:.3g} for {cost['gradients']} per-example gradients over {cost['checkpoints']} "
-              f"checkpoints); sampling the pool cost {out['sample_flops']:.3g} FLOPs."]
+              f"checkpoints), plus {out['dev_sample_flops']:.3g} FLOPs sampling the dev problems for its targets; "
+              f"sampling the pool cost {out['sample_flops']:.3g} FLOPs."]
     return "\n".join(lines) + "\n"
 
 
