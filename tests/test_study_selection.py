@@ -24,6 +24,12 @@ def test_target_share_and_scores_by_task_hand_computed():
     by = scores_by_task({"a/0": 0.5, "c/3": 0.1, "b/1": -0.2, "d/0": 0.0}, task_of)
     assert by == {"chain_sum": {"candidates": 2, "mean_score": pytest.approx(0.3)},
                   "gcd": {"candidates": 2, "mean_score": pytest.approx(-0.1)}}
+    # Ranking c (0.9) > a (0.5) > d (0.0) > b (-0.2): targets a, c; every target pair beats every other one.
+    from assay.study_selection import ranking_quality
+    rk = ranking_quality({"a/0": 0.5, "c/3": 0.9, "b/1": -0.2, "d/0": 0.0}, task_of, "chain_sum", ks=(1, 3, 9))
+    assert rk == {"auc": 1.0, "precision_at": {1: 1.0, 3: pytest.approx(2 / 3), 9: 0.5}}
+    rk = ranking_quality({"a/0": 0.0, "c/3": 0.9, "b/1": 0.5, "d/0": 0.0}, task_of, "chain_sum", ks=(2,))
+    assert rk["auc"] == pytest.approx((1 + 1 + 0 + 0.5) / 4) and rk["precision_at"] == {2: 0.5}
     assert task_name("rg:chain_sum") == task_name("reasoning_gym:chain_sum") == "chain_sum"
 
 

@@ -117,6 +117,18 @@ def scores_by_task(scores: dict[str, float], task_of: dict[str, str]) -> dict[st
     return {t: {"candidates": len(v), "mean_score": sum(v) / len(v)} for t, v in sorted(acc.items())}
 
 
+def ranking_quality(scores: dict[str, float], task_of: dict[str, str], target: str, ks: tuple = (5, 10, 24)) -> dict:
+    """How well the LESS scores alone separate target-task candidates from the rest: ROC AUC (the
+    chance a random target item outscores a random other one, ties half) and the target share of
+    the top k. Tells "the ranking found the task" apart from "training on it helped"."""
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    is_t = [task_of[k.rsplit("/", 1)[0]] == target for k, _ in ranked]
+    pos = [v for (k, v), t in zip(ranked, is_t) if t]
+    neg = [v for (k, v), t in zip(ranked, is_t) if not t]
+    auc = (sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))) if pos and neg else None
+    return {"auc": auc, "precision_at": {k: sum(is_t[:k]) / min(k, len(is_t)) for k in ks if is_t}}
+
+
 def run(cfg: StudySelectionConfig) -> dict:
     from .curate import CurateConfig, run_curation
     from .io import write_json, write_records
@@ -215,7 +227,7 @@ def run(cfg: StudySelectionConfig) -> dict:
            "train_steps": cfg.train_steps, "n": cfg.n, "n_targets": n_targets,
            "pool": {"problems": len(pool_problems), "candidates": pool_size,
                     "target_share": by_task.get(target, {}).get("candidates", 0) / max(1, pool_size)},
-           "scores_by_task": by_task, "gradient_cost": funnel["funnel"][-1]["cost"],
+           "scores_by_task": by_task, "ranking": ranking_quality(scores, task_of, target, (5, 10, cfg.n)), "gradient_cost": funnel["funnel"][-1]["cost"],
            "sample_flops": funnel["sample_flops"],
            "dev_sample_flops": sum(x.flops for x in read_records(verified["dev"][1], Sample))}
     write_json(d / "study.json", out)
@@ -249,6 +261,11 @@ def format_report(out: dict) -> str:
     lines += ["", "Mean LESS score by task (higher = more like the target examples):", "",
               "| task | candidates | mean score |", "|---|---:|---:|"]
     lines += [f"| {t} | {v['candidates']} | {v['mean_score']:.4f} |" for t, v in out["scores_by_task"].items()]
+    rk = out["ranking"]
+    prec = ", ".join(f"top {k}: {v:.2f}" for k, v in rk["precision_at"].items())
+    auc = f"{rk['auc']:.3f}" if rk["auc"] is not None else "n/a"
+    lines += ["", f"The LESS ranking alone: target-task share {prec}; ROC AUC target vs other tasks {auc} "
+              "(0.5 = no better than chance)."]
     lines += ["", f"Gradient selection cost: {cost['flops']:.3g} FLOPs ({cost['warmup_flops']:.3g} warmup training, "
               f"{cost['feature_flops']:.3g} for {cost['gradients']} per-example gradients over {cost['checkpoints']} "
               f"checkpoints), plus {out['dev_sample_flops']:.3g} FLOPs sampling the dev problems for its targets; "
