@@ -260,7 +260,7 @@ def format_report(out: dict) -> str:
                      f"{r['gain']:+.3f} ({lo:+.3f} .. {hi:+.3f}) | {r['p_value']:.2g} | {vs_txt} |")
     lines += ["", "Mean LESS score by task (higher = more like the target examples):", "",
               "| task | candidates | mean score |", "|---|---:|---:|"]
-    lines += [f"| {t} | {v['candidates']} | {v['mean_score']:.4f} |" for t, v in out["scores_by_task"].items()]
+    lines += [f"| {t} | {v['candidates']} | {v['mean_score']:.3g} |" for t, v in out["scores_by_task"].items()]
     rk = out["ranking"]
     prec = ", ".join(f"top {k}: {v:.2f}" for k, v in rk["precision_at"].items())
     auc = f"{rk['auc']:.3f}" if rk["auc"] is not None else "n/a"
