@@ -246,45 +246,44 @@ def rg_task_entry(problem: Problem) -> tuple[str, dict]:
 
 
 class ReasoningGymVerifier:
-    """reasoning-gym tasks, scored by the task's own ``score_answer``; only a full 1.0 counts.
+    """reasoning-gym tasks, scored as audited in ``assay.verify_rg``; only a full 1.0 counts.
 
     Scorers give partial credit to near misses (``-4.5`` for ``-4`` scores 0.5 in chain_sum);
-    a verdict is binary, and a near miss is a wrong answer.
+    a verdict is binary, and a near miss is a wrong answer. A task whose scorer would execute the
+    answer is scored by assay's own code or refused at ``check()``, before anything runs.
     """
 
     name = "reasoning_gym"
-    preload = ("reasoning_gym",)
+    preload = ("reasoning_gym", "assay.verify_rg", "assay.safe_expr")
 
     def __init__(self, extractors: list[str] = DEFAULT_EXTRACTORS):
         self.extractors = list(extractors)
-        self._scorers: dict[str, Callable[[Optional[str], dict], float]] = {}
-
-    def __getstate__(self) -> dict:
-        return {"extractors": self.extractors, "_scorers": {}}  # scorers are rebuilt per worker
 
     def warmup(self) -> None:
         import reasoning_gym  # noqa: F401  (about 1 s of imports)
+        import sympy  # noqa: F401  (the algebra tasks' own scorers need it)
 
     def check(self, problem: Problem) -> None:
+        from . import verify_rg
+
         task, _ = rg_task_entry(problem)
         import reasoning_gym
 
         if task not in reasoning_gym.factory.DATASETS:
             raise ValueError(f"unknown reasoning-gym task '{task}'")
+        verify_rg.check_task(task)
 
     def method_for(self, problem: Problem) -> str:
         return f"reasoning_gym:{problem.meta.get('rg_task', '?')}"
 
     def verify(self, problem: Problem, completion: str) -> tuple[Optional[str], bool]:
+        from . import verify_rg
+
         task, entry = rg_task_entry(problem)
         extracted = extract_answer(completion, self.extractors)
         if extracted is None:
             return None, False
-        if task not in self._scorers:
-            import reasoning_gym
-
-            self._scorers[task] = reasoning_gym.get_score_answer_fn(task)
-        return extracted, self._scorers[task](extracted, entry) == 1.0
+        return extracted, verify_rg.score(task, extracted, entry) == 1.0
 
 
 VERIFIERS.add("math_verify", MathVerifyVerifier)

@@ -36,6 +36,7 @@ try:
 except ImportError:  # not on Windows; there the parent's limit is all there is
     resource = None  # type: ignore[assignment]
 
+from . import sandbox
 from .io import InputError
 from .records import Problem, Sample, Verdict, key
 from .verify import EXTRACTORS, VERIFIERS, VerifyConfig, choose_verifier, extract_answer, index_problems
@@ -86,6 +87,8 @@ def _worker_main(conn: Any, handlers: dict[str, Any], cpu_budget_s: float) -> No
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     # Ctrl-C reaches the whole process group; the parent alone decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Handlers judge model-written text: no secrets to read, no file to grow, nothing to run.
+    sandbox.harden_worker()
     try:
         for handler in handlers.values():
             warmup = getattr(handler, "warmup", None)
@@ -281,7 +284,8 @@ class _VerifyCall:
             hook()
 
     def __call__(self, problem: Problem, completion: str) -> tuple[Optional[str], bool]:
-        extracted, correct = self.verifier.verify(problem, completion)
+        with sandbox.guarded():
+            extracted, correct = self.verifier.verify(problem, completion)
         return extracted, bool(correct)
 
 
