@@ -49,12 +49,88 @@ def test_changed_config_clears_stale_outputs_before_rerun(tmp_path):
     def append(tag):
         with open(out, "a") as fh:
             fh.write(tag + "\n")
+        (tmp_path / "samples.jsonl.config.yaml").write_text(tag)
 
     run.stage("s", {"n": 1}, lambda: append("a"), outputs=[out])
-    (tmp_path / "samples.jsonl.config.yaml").write_text("old")
     run.stage("s", {"n": 2}, lambda: append("b"), outputs=[out])
     # The resumable output was made under n=1: it is removed (with its side files), not appended to.
-    assert out.read_text() == "b\n" and not (tmp_path / "samples.jsonl.config.yaml").exists()
+    assert out.read_text() == "b\n" and (tmp_path / "samples.jsonl.config.yaml").read_text() == "b"
+
+
+def test_a_redone_stage_deletes_only_the_files_it_wrote(tmp_path):
+    run = Run(tmp_path / "run")
+    d = run.dir / "dir"
+    d.mkdir()
+    (d / "sft.py").write_text("user code")
+    (d / "sft.txt").write_text("user notes")
+    out = d / "sft"  # `assay select --run-dir run --out dir/sft`: <out>.* matches the user's files
+
+    def write(tag):
+        out.write_text(tag)
+        (d / "sft.funnel.json").write_text(tag)
+
+    run.stage("select", {"seed": 1}, lambda: write("a"), outputs=[out])
+    (d / "sft.notes").write_text("written by the user after the stage")
+    run.stage("select", {"seed": 2}, lambda: write("b"), outputs=[out])
+    assert out.read_text() == "b" and (d / "sft.funnel.json").read_text() == "b"
+    assert (d / "sft.py").read_text() == "user code" and (d / "sft.txt").read_text() == "user notes"
+    assert (d / "sft.notes").exists()  # matches <out>.* but the stage never recorded it
+
+
+def test_a_redone_folder_stage_keeps_files_it_did_not_write(tmp_path):
+    run = Run(tmp_path / "run")
+    model = run.dir / "model"
+
+    def train(tag):
+        (model / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (model / "weights.bin").write_text(tag)
+        (model / "checkpoints" / "step-1").write_text(tag)
+
+    run.stage("train", {"lr": 1}, lambda: train("a"), outputs=[model])
+    run.stage("train", {"lr": 2}, lambda: train("b"), outputs=[model])
+    assert (model / "weights.bin").read_text() == "b"
+    (model / "README.md").write_text("the user's own notes")
+    with pytest.raises(InputError, match=r"model: stands where stage 'train' writes its output, and was not written by it"):
+        run.stage("train", {"lr": 3}, lambda: train("c"), outputs=[model])
+    # The stage's own files went, the user's file and its folder stayed; nothing was run.
+    assert (model / "README.md").read_text() == "the user's own notes" and not (model / "weights.bin").exists()
+
+
+def test_a_preexisting_output_or_one_outside_the_run_dir_is_refused_not_removed(tmp_path):
+    run = Run(tmp_path / "run")
+    user_folder = run.dir / "existing"
+    user_folder.mkdir()
+    (user_folder / "keep.txt").write_text("keep")
+    run.stage("t", {"x": 1}, lambda: (user_folder / "w.bin").write_text("1"), outputs=[user_folder])
+    with pytest.raises(InputError, match="existing: stands where stage 't' writes"):
+        run.stage("t", {"x": 2}, lambda: None, outputs=[user_folder])
+    assert (user_folder / "keep.txt").read_text() == "keep"
+    outside = tmp_path / "outside.jsonl"
+    run.stage("o", {"x": 1}, lambda: outside.write_text("1"), outputs=[outside])
+    with pytest.raises(InputError, match="outside.jsonl: stands where .*outside the run directory"):
+        run.stage("o", {"x": 2}, lambda: outside.write_text("2"), outputs=[outside])
+    assert outside.read_text() == "1"
+
+
+def test_a_killed_stage_still_knows_what_it_may_delete(tmp_path):
+    run = Run(tmp_path)
+    out = tmp_path / "s.jsonl"
+    (tmp_path / "s.jsonl.mine").write_text("the user's")
+
+    def die():
+        out.write_text("partial")
+        (tmp_path / "s.jsonl.config.yaml").write_text("x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.stage("s", {"n": 1}, die, outputs=[out])
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["stages"]["s"]["status"] = "running"  # as a SIGKILL leaves it: no chance to record its files
+    m["stages"]["s"]["owns"]["files"] = []
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    Run(tmp_path).stage("s", {"n": 2}, lambda: out.write_text("fresh"), outputs=[out])
+    assert out.read_text() == "fresh" and not (tmp_path / "s.jsonl.config.yaml").exists()
+    assert (tmp_path / "s.jsonl.mine").read_text() == "the user's"
 
 
 def test_interrupted_stage_is_marked_and_rerun(tmp_path):

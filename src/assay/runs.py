@@ -10,11 +10,17 @@ wall time, and the package versions of the process. Two uses:
   stage functions themselves resume from their partial outputs (sampling, verification,
   training checkpoints), so no finished work is lost or done twice.
 
+A stage redone because its config or inputs changed deletes only what it recorded as its own:
+before it runs, the output paths that did not exist yet and the side files already beside them;
+after it runs (or is interrupted), the exact files it created. Only files inside the run
+directory are ever deleted; anything else standing where an output goes is refused, named.
+
 The manifest is rewritten atomically after every stage transition, so a kill leaves it valid.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import platform
@@ -25,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from .io import write_json
+from .io import InputError, write_json
 
 PACKAGES = ("assay", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "reasoning-gym",
             "math-verify", "numpy")
@@ -140,10 +146,12 @@ class Run:
                       {i["path"]: i["sha256"] for i in prior.get("inputs", [])} !=
                       {i["path"]: i["sha256"] for i in entry["inputs"]}):
             # Outputs made from another config or other inputs must not be resumed into: start clean.
-            for p in outputs:
-                _remove(p)
+            self._clear(name, prior, outputs)
             prior = {}
             print(f"[assay] {name}: config or inputs changed since its outputs were made; redoing it from scratch")
+        # What this stage may delete later: recorded before it writes anything, so that even a
+        # killed run leaves the record of which paths were not there before it started.
+        entry["owns"] = prior.get("owns") or _claim(outputs)
         self.manifest["stages"][name] = entry
         self._save()
         t0 = time.perf_counter()
@@ -153,9 +161,11 @@ class Run:
             entry["status"] = "interrupted"
             entry["wall_s"] = round(time.perf_counter() - t0, 3) + prior.get("wall_s_before", 0.0)
             entry["wall_s_before"] = entry["wall_s"]
+            entry["owns"]["files"] = _owned_files(entry["owns"], outputs)
             self._save()
             raise
         entry["wall_s"] = round(time.perf_counter() - t0, 3) + prior.get("wall_s_before", 0.0)
+        entry["owns"]["files"] = _owned_files(entry["owns"], outputs)
         entry.update(status="done", finished=_now(), outputs=[hash_path(p) for p in outputs if p.exists()],
                      flops=sum(flops_of(p) for p in outputs if p.exists()),
                      summary=result if isinstance(result, dict) else None)
@@ -163,22 +173,64 @@ class Run:
         self._save()
         return entry
 
+    def _clear(self, name: str, prior: dict, outputs: list[Path]) -> None:
+        """Delete the files stage ``name`` recorded as its own, inside the run directory, and
+        refuse (InputError) if anything else still stands where its outputs go."""
+        owns = prior.get("owns")
+        if owns is None:  # a manifest from before ownership was recorded: its exact output files
+            owns = {"created": [o["path"] for o in prior.get("outputs", []) if Path(o["path"]).is_file()],
+                    "siblings_before": {}, "files": [o["path"] for o in prior.get("outputs", [])
+                                                      if Path(o["path"]).is_file()]}
+        if prior.get("status") == "running":  # killed before it could record its files
+            owns = {**owns, "files": _owned_files(owns, outputs)}
+        root = self.dir.resolve()
+        for f in owns.get("files", []):
+            path = Path(f)
+            if path.is_file() and path.resolve().is_relative_to(root):
+                path.unlink()
+        created = {str(Path(c)) for c in owns.get("created", [])}
+        for out in outputs:
+            if out.is_dir() and str(out) in created and out.resolve().is_relative_to(root):
+                for d in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                    if not any(d.iterdir()):
+                        d.rmdir()
+                if not any(out.iterdir()):
+                    out.rmdir()
+            if out.exists():
+                raise InputError(f"{out}: stands where stage '{name}' writes its output, and was not written by it "
+                                 "(or lies outside the run directory); stage redone because its config or inputs "
+                                 "changed. Move it away or choose another output path; assay does not delete it")
+
     def totals(self) -> dict:
         st = self.manifest["stages"].values()
         return {"flops": sum(s.get("flops", 0.0) for s in st), "wall_s": sum(s.get("wall_s", 0.0) for s in st)}
 
 
-def _remove(path: Path) -> None:
-    import shutil
+def _siblings(out: Path) -> list[str]:
+    """Files written beside an output (<out>.config.yaml, .rejected.jsonl, .all.jsonl, ...)."""
+    return sorted(str(p) for p in out.parent.glob(glob.escape(out.name) + ".*") if p.is_file())
 
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-    # Side files written beside an output (<out>.config.yaml, .rejected.jsonl, .all.jsonl, ...).
-    for side in path.parent.glob(path.name + ".*"):
-        if side.is_file():
-            side.unlink()
+
+def _claim(outputs: list[Path]) -> dict:
+    """Before a stage runs: which output paths it will create, and which side files already exist."""
+    return {"created": [str(p) for p in outputs if not p.exists()],
+            "siblings_before": {str(p): _siblings(p) for p in outputs}, "files": []}
+
+
+def _owned_files(owns: dict, outputs: list[Path]) -> list[str]:
+    """The exact files a stage wrote: outputs it created (a folder's files included) and the side
+    files that appeared beside its outputs while it ran."""
+    files = set(owns.get("files", []))
+    created = set(owns.get("created", []))
+    for out in outputs:
+        if str(out) in created:
+            if out.is_file():
+                files.add(str(out))
+            elif out.is_dir():
+                files.update(str(p) for p in out.rglob("*") if p.is_file())
+        before = set(owns.get("siblings_before", {}).get(str(out), []))
+        files.update(f for f in _siblings(out) if f not in before)
+    return sorted(files)
 
 
 def _now() -> str:
