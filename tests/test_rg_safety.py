@@ -297,3 +297,29 @@ def test_secret_looking_variables_are_scrubbed():
            "HTTPS_PROXY": "http://u:p@h", "MY_PASSWORD": "d", "LANG": "C", "HOME": "/root"}
     removed = sandbox.scrub_environment(env)
     assert sorted(env) == ["HOME", "LANG", "PATH"] and len(removed) == 5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_worker_fork_server_starts_without_the_parents_secrets(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        from pathlib import Path
+        from assay.records import Problem, Sample
+        from assay.verify import VerifyConfig, verify_samples
+        if __name__ == "__main__":
+            p = [Problem("t", "q", "1", "t")]
+            s = [Sample("t", 0, "m", "t", "\\\\boxed{1}", 0, 0, 0.0, "stop", {}, 0)]
+            assert verify_samples(p, s, VerifyConfig("p", "s", "o", workers=1))[0].correct
+            assert os.environ["OPENAI_API_KEY"] == "sk-parent-secret"  # restored in the parent
+            me = str(os.getpid())
+            kids = [d for d in os.listdir("/proc") if d.isdigit() and
+                    Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1] == me]
+            envs = [Path(f"/proc/{k}/environ").read_bytes() for k in kids
+                    if b"forkserver" in Path(f"/proc/{k}/cmdline").read_bytes()]
+            print(len(envs), any(b"sk-parent-secret" in e for e in envs))
+    """))
+    env = {**os.environ, "OPENAI_API_KEY": "sk-parent-secret"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "False"]

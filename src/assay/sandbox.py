@@ -169,6 +169,20 @@ def scrub_environment(environ: "os._Environ[str] | dict" = os.environ) -> list[s
     return names
 
 
+@contextmanager
+def scrubbed_environ() -> Iterator[None]:
+    """This process's environment without secrets for the duration, e.g. while it starts the fork
+    server that verify workers come from: a child's initial environment stays readable in
+    /proc/<pid>/environ even after the child deletes the variables."""
+    saved = {k: os.environ[k] for k in list(os.environ) if _SECRET_NAME.search(k)}
+    for k in saved:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def forbid_file_growth() -> None:
     """No regular file may grow in this process (pipes are unaffected); a write fails with EFBIG."""
     try:

@@ -195,7 +195,8 @@ class TimedPool:
         if not pending:
             return
         try:
-            self._pool = [self._spawn() for _ in range(min(self.workers, len(pending)))]
+            with sandbox.scrubbed_environ():  # the fork server starts with the first worker
+                self._pool = [self._spawn() for _ in range(min(self.workers, len(pending)))]
             busy = 0
             while pending or busy:
                 for w in self._pool:
