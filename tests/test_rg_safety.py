@@ -171,8 +171,13 @@ def test_malicious_completions_through_the_verify_stage_write_nothing(tmp_path):
             problems.append(rg_problem(task, pid, entry))
             for i, p in enumerate(payloads(target, str(entry["answer"]))):
                 samples.append(sample(pid, f"Thinking.\n<answer>{p}</answer>", i))
+    problems.append(Problem("math", "q", "2", "t"))  # Math-Verify's path: the same answers, boxed
+    samples += [sample("math", f"So \\boxed{{{p}}}. The answer is {p}", i) for i, p in enumerate(payloads(target, "2"))]
     verdicts = verify_samples(problems, samples, cfg())
-    assert len(verdicts) == len(samples) and not any(v.correct for v in verdicts)
+    assert len(verdicts) == len(samples)
+    # (Math-Verify is lenient: "<code> or 2" reads as 2. Leniency is not execution.)
+    assert [(v.problem_id, v.extracted) for v in verdicts if v.correct and v.problem_id != "math"] == []
+    assert [v.error for v in verdicts if v.problem_id == "math" and v.status != "ok"] == []
     assert [v for v in verdicts if v.status == "timeout"] == []
     assert not target.exists() and sorted(tmp_path.iterdir()) == []
 
