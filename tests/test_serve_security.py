@@ -145,6 +145,7 @@ def test_batcher_reruns_a_failed_batch_request_by_request_so_only_the_bad_one_fa
     bad = events(poison)
     assert bad[-1][0] == "error" and bad[-1][1].status == 500 and "chokes" in bad[-1][1].message
     assert ["innocent", "POISON"] in gate.calls and ["innocent"] in gate.calls  # batched, then isolated
+    assert innocent.req.decoding.max_new_tokens == 16  # the default never exceeds the server's limit
 
 
 def test_host_check_refuses_exposure_without_a_key(monkeypatch):

@@ -161,7 +161,7 @@ def parse_request(body: dict, chat: bool, served: str, max_tokens_limit: int) ->
     seed = _int(body, "seed", *INT64)
     max_tokens = _int(body, "max_completion_tokens", 1, max_tokens_limit) if chat else None
     if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", 1, max_tokens_limit) or 256
+        max_tokens = _int(body, "max_tokens", 1, max_tokens_limit) or min(256, max_tokens_limit)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     # top_p = 0 would drop every token (the engine keeps none whose preceding mass reaches top_p).
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
