@@ -59,26 +59,129 @@ def test_seeded_sampling_is_reproducible_and_cache_makes_reruns_free(server, tmp
     assert c.requests_sent == 6 and again == first
 
 
+def _post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def test_server_rejects_bad_requests(server):
     def post(body):
-        req = urllib.request.Request(server + "/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(req) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return _post(server + "/chat/completions", body)
 
-    assert post({"messages": []})[0] == 400
+    code, body = post({"messages": []})
+    assert code == 400 and body["error"]["param"] == "messages" and body["error"]["type"] == "invalid_request_error"
     code, body = post({"model": "other", "messages": [{"role": "user", "content": "x"}]})
-    assert code == 400 and "not served here" in body["error"]["message"]
-    assert post({"messages": [{"role": "user", "content": "x"}], "stream": True})[0] == 400
+    assert code == 404 and body["error"]["code"] == "model_not_found"  # as OpenAI answers an unknown model
     code, body = post({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 2, "seed": 1})
     assert code == 200 and len(body["choices"]) == 2 and body["usage"]["completion_tokens"] <= 6
     with urllib.request.urlopen(server + "/models") as r:
         assert json.loads(r.read())["data"][0]["id"] == "tiny"
-    with pytest.raises(APIError, match="HTTP 400"):
+    with pytest.raises(APIError, match="HTTP 404"):
         list(OpenAIGenerator("nope", base_url=server, max_retries=3).generate(_groups(1, 1), Decoding(max_new_tokens=2)))
+
+
+# Each is wrong in one field; the server must name that field and answer 400 (never run it, never 500).
+BAD_FIELDS = [
+    ({"seed": 2**70}, "seed"), ({"seed": 1.5}, "seed"), ({"temperature": "NaN"}, "temperature"),
+    ({"temperature": 2.5}, "temperature"), ({"temperature": True}, "temperature"), ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"), ({"n": 0}, "n"), ({"n": 129}, "n"), ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 10**9}, "max_tokens"), ({"max_tokens": "5"}, "max_tokens"), ({"stop": [1]}, "stop"),
+    ({"stop": {"a": 1}}, "stop"), ({"logprobs": True}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs"),
+    ({"stream": "yes"}, "stream"), ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"presence_penalty": 0.5}, "presence_penalty"), ({"top_k": 5}, "top_k"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content[0]"),
+]
+
+
+def test_official_client_gets_bad_request_naming_the_field_while_an_innocent_request_succeeds(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=60)
+    innocent = {}
+
+    def run_innocent():
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                           n=2, seed=5, temperature=1.0)
+        innocent["texts"] = [c.message.content for c in r.choices]
+
+    t = threading.Thread(target=run_innocent)
+    t.start()  # in flight while the bad requests arrive: none of them may take it down
+    for fields, param in BAD_FIELDS:
+        kw = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        kw.update(fields)
+        known = {k: kw.pop(k) for k in list(kw) if k not in ("model", "messages", "max_tokens", "n", "seed", "stop")}
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(**kw, extra_body=known)
+        assert exc.value.status_code == 400 and exc.value.body["param"] == param, (fields, exc.value.body)
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model="tiny", prompt="1 +", max_tokens=3, logprobs=1)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="1 +", max_tokens=3)
+    t.join(60)
+    assert len(innocent["texts"]) == 2
+    again = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                           n=2, seed=5, temperature=1.0)
+    assert [c.message.content for c in again.choices] == innocent["texts"]  # seeded: the same draws
+
+
+def test_a_seed_too_big_for_the_engine_fails_alone_not_its_batch_mates(server):
+    """Regression: seed=2**70 overflowed torch's generator and failed everything batched with it (HTTP 500)."""
+    results = {}
+
+    def go(tag, body):
+        results[tag] = _post(server + "/completions", body)
+
+    threads = [threading.Thread(target=go, args=(f"ok{i}", {"prompt": f"{i} + 1 =", "max_tokens": 4, "seed": i}))
+               for i in range(3)]
+    threads += [threading.Thread(target=go, args=("bad", {"prompt": "1 + 1 =", "max_tokens": 4, "seed": 2**70}))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results["bad"][0] == 400 and results["bad"][1]["error"]["param"] == "seed"
+    assert all(results[f"ok{i}"][0] == 200 for i in range(3)), results
+
+
+def test_streaming_matches_non_streaming_and_reports_length(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=60)
+    msgs = [{"role": "user", "content": "What is 2 + 2?"}]
+    full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=7, temperature=0, n=2)
+    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=7, temperature=0, n=2,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    for i in range(2):
+        deltas = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert deltas[0].delta.role == "assistant"
+        assert "".join(d.delta.content or "" for d in deltas) == full.choices[i].message.content
+        assert [d.finish_reason for d in deltas if d.finish_reason] == ["length"]  # exactly once, on the last
+        assert full.choices[i].finish_reason == "length" and full.choices[i].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens == 14
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+
+    text = client.completions.create(model="tiny", prompt="1 + 1 =", max_tokens=5, temperature=0)
+    streamed = list(client.completions.create(model="tiny", prompt="1 + 1 =", max_tokens=5, temperature=0,
+                                              stream=True))
+    assert all(c.object == "text_completion" for c in streamed)
+    assert "".join(c.choices[0].text for c in streamed) == text.choices[0].text
+    assert text.choices[0].finish_reason == "length" and streamed[-1].choices[0].finish_reason == "length"
+
+    # On the wire: server-sent events, each `data: {...}` and a blank line, closed by `data: [DONE]`.
+    req = urllib.request.Request(server + "/completions", method="POST", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"prompt": "1 +", "max_tokens": 3, "stream": True}).encode())
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["Content-Type"] == "text/event-stream"
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    assert all(e.startswith("data: {") for e in events[:-2]) and len(events) >= 4
 
 
 class _Flaky(BaseHTTPRequestHandler):

@@ -21,6 +21,7 @@ from typing import Optional
 
 from .config import add_config_args, config_from_args, to_mapping
 from .io import InputError
+from .redact import redact_text
 
 # name -> (module, config class, help). Each module defines `cli_run(cfg) -> int`.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -109,14 +110,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = config_from_args(getattr(mod, cls_name), args)
         return run_command(args.command, mod, cfg, getattr(args, "_run_dir", None))
     except InputError as exc:
-        print(f"assay: error: {exc}", file=sys.stderr)
+        print(f"assay: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from .generate.openai_api import APIError
 
         if not isinstance(exc, APIError):
             raise
-        print(f"assay: error: {exc}", file=sys.stderr)
+        print(f"assay: error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("assay: interrupted; rerun the same command to resume", file=sys.stderr)

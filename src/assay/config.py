@@ -20,6 +20,7 @@ from typing import Any, Type, TypeVar
 import yaml
 
 from .io import InputError
+from .redact import redact_config
 from .registry import did_you_mean
 
 C = TypeVar("C")
@@ -171,7 +172,8 @@ def load_yaml(path: str | Path) -> dict:
 def save_yaml(path: str | Path, cfg: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = to_mapping(cfg) if is_dataclass(cfg) else cfg
+    # Saved configs get shared: credentials in URLs and key fields are masked (assay.redact).
+    data = redact_config(to_mapping(cfg) if is_dataclass(cfg) else cfg)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 

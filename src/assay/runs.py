@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from .io import InputError, write_json
+from .redact import redact_argv, redact_config
 
 PACKAGES = ("assay", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "reasoning-gym",
             "math-verify", "numpy")
@@ -75,7 +76,8 @@ def hash_path(path: str | Path) -> dict[str, Any]:
 
 
 def config_hash(config: Any) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # Over the redacted config: a hash of a config with a password in it would let one test guesses.
+    return hashlib.sha256(json.dumps(redact_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def flops_of(path: str | Path) -> float:
@@ -110,7 +112,8 @@ class Run:
         if self.path.exists():
             self.manifest = json.loads(self.path.read_text(encoding="utf-8"))
         else:
-            self.manifest = {"created": _now(), "argv": sys.argv, "packages": package_versions(), "stages": {}}
+            self.manifest = {"created": _now(), "argv": redact_argv(sys.argv), "packages": package_versions(),
+                             "stages": {}}
             self._save()
 
     def _save(self) -> None:
@@ -139,7 +142,8 @@ class Run:
         if self.is_done(name, config, inputs):
             print(f"[assay] {name}: done already (inputs and config unchanged), skipped")
             return self.manifest["stages"][name]
-        entry = {"status": "running", "started": _now(), "config": config, "config_hash": config_hash(config),
+        entry = {"status": "running", "started": _now(), "config": redact_config(config),
+                 "config_hash": config_hash(config),
                  "inputs": [hash_path(p) for p in inputs], "models": list(models)}
         prior = self.manifest["stages"].get(name, {})
         if prior and (prior.get("config_hash") != entry["config_hash"] or
