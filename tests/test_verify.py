@@ -366,9 +366,12 @@ def test_malformed_input_is_a_clear_input_error(tmp_path):
     write_jsonl(Path(c.samples), [{**sample("p0", "1").__dict__, "sample_index": "zero"}])
     with pytest.raises(InputError, match=r"samples.jsonl:1: field 'sample_index': expected int"):
         cli_run(c)
+    write_jsonl(Path(c.samples), [sample("p0", "1"), sample("p1", "1"), sample("p0", "2")])
+    with pytest.raises(InputError, match=r"samples.jsonl:3: sample \('p0', 0\) repeats line 1"):
+        cli_run(c)
     write_jsonl(Path(c.samples), [sample("p0", "1")])
     write_jsonl(Path(c.problems), [Problem("p0", "q", "1", "t"), Problem("p0", "q", "2", "t")])
-    with pytest.raises(InputError, match="problems.jsonl: problem id 'p0' appears more than once"):
+    with pytest.raises(InputError, match="problems.jsonl:2: problem id 'p0' repeats line 1"):
         cli_run(c)
 
 

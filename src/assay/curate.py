@@ -278,9 +278,8 @@ class CurateConfig:
 
 def _benchmark_problems(names: list[str], data_dir: Optional[str], workdir: Path) -> list:
     from .evaluate import BENCHMARKS
-    from .io import read_records
+    from .io import read_problems
     from .problems import load_problems
-    from .records import Problem
 
     out = []
     for name in names:
@@ -288,7 +287,7 @@ def _benchmark_problems(names: list[str], data_dir: Optional[str], workdir: Path
             kept, _ = load_problems(BENCHMARKS.get(name).problems_config(str(workdir / f"{name}.jsonl"), None, data_dir))
             out.extend(kept)
         elif Path(name).exists():
-            out.extend(read_records(name, Problem))
+            out.extend(read_problems(name))
         else:
             BENCHMARKS.get(name)  # raises with a suggestion
     return out
@@ -296,11 +295,11 @@ def _benchmark_problems(names: list[str], data_dir: Optional[str], workdir: Path
 
 def run_curation(cfg: CurateConfig) -> dict:
     """Run the steps; write every step's kept and rejected items and the funnel."""
-    from .io import read_records, write_json, write_records
-    from .records import Problem, Sample, Verdict
+    from .io import read_problems, read_records, write_json, write_records
+    from .records import Sample, Verdict
     from .select import to_example
 
-    problems = read_records(cfg.problems, Problem)
+    problems = read_problems(cfg.problems)
     items = {p.id: Item(p) for p in problems}
     chains_from = cfg.chains_from or next(iter(cfg.references), "")
     if cfg.references and chains_from not in cfg.references:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import opt, save_yaml, to_mapping
-from .io import InputError, read_records, write_json, write_records
+from .io import InputError, read_problems, read_records, write_json, write_records
 from .models import DEFAULT_MODEL
 from .prompts import TEMPLATES
 from .records import Problem, Sample, Verdict
@@ -195,9 +195,9 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
     pfile = d / "problems.jsonl"
     if cfg.benchmark in BENCHMARKS.names():
         write_problems(BENCHMARKS.get(cfg.benchmark).problems_config(str(pfile), cfg.limit, cfg.data_dir))
-        problems = read_records(pfile, Problem)
+        problems = read_problems(pfile)
     elif Path(cfg.benchmark).exists():
-        problems = read_records(cfg.benchmark, Problem)[: cfg.limit]
+        problems = read_problems(cfg.benchmark)[: cfg.limit]
         write_records(pfile, problems)
     else:
         BENCHMARKS.get(cfg.benchmark)  # raises with a did-you-mean

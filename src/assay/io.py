@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Type, TypeVar
 
-from .records import from_dict, to_dict
+from .records import Problem, from_dict, to_dict
 
 T = TypeVar("T")
 
@@ -44,14 +44,36 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield lineno, obj
 
 
-def read_records(path: str | Path, cls: Type[T]) -> list[T]:
-    """Read a JSONL file of ``cls`` records, failing at the first bad line."""
+def read_numbered(path: str | Path, cls: Type[T]) -> list[tuple[int, T]]:
+    """Read a JSONL file of ``cls`` records with their line numbers, failing at the first bad line."""
     out = []
     for lineno, obj in iter_json_lines(path):
         try:
-            out.append(from_dict(cls, obj))
+            out.append((lineno, from_dict(cls, obj)))
         except ValueError as exc:
             raise InputError(f"{path}:{lineno}: {exc}") from None
+    return out
+
+
+def read_records(path: str | Path, cls: Type[T]) -> list[T]:
+    """Read a JSONL file of ``cls`` records, failing at the first bad line."""
+    return [rec for _, rec in read_numbered(path, cls)]
+
+
+def read_problems(path: str | Path) -> list[Problem]:
+    """Read a Problem file whose ids are unique; a repeated id stops at its line.
+
+    Every stage joins samples, verdicts and judgments to problems by id, so a repeated id would
+    pair a sample with the other question (or crash deep in the sampler); one check, here,
+    guards them all.
+    """
+    first: dict[str, int] = {}
+    out = []
+    for lineno, p in read_numbered(path, Problem):
+        if p.id in first:
+            raise InputError(f"{path}:{lineno}: problem id '{p.id}' repeats line {first[p.id]}")
+        first[p.id] = lineno
+        out.append(p)
     return out
 
 

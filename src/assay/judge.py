@@ -221,13 +221,24 @@ def false_positive_rate(judgments: list[Judgment]) -> dict:
             "invalid": invalid, "unjudged": len(judgments) - n}
 
 
-def correct_items(problems, samples, verdicts) -> list[dict]:
-    """The answer-correct samples, as judge items."""
+def correct_items(problems, samples, verdicts, where: str = "samples", lines: Optional[list[int]] = None) -> list[dict]:
+    """The answer-correct samples, as judge items.
+
+    A sample of a problem not in ``problems`` is an error naming ``where`` and its line (``lines``,
+    else its position): dropping it would bias the FPR without a word.
+    """
     by_id = {p.id: p for p in problems}
     ok = {(v.problem_id, v.sample_index) for v in verdicts if v.correct}
-    return [{"problem_id": s.problem_id, "sample_index": s.sample_index, "question": by_id[s.problem_id].question,
-             "reference": by_id[s.problem_id].answer, "solution": s.text}
-            for s in samples if (s.problem_id, s.sample_index) in ok and s.problem_id in by_id]
+    items = []
+    for i, s in enumerate(samples):
+        if s.problem_id not in by_id:
+            raise InputError(f"{where}:{lines[i] if lines else i + 1}: sample {s.problem_id}/{s.sample_index} "
+                             f"names problem '{s.problem_id}', which is not in the problem file")
+        if (s.problem_id, s.sample_index) in ok:
+            p = by_id[s.problem_id]
+            items.append({"problem_id": s.problem_id, "sample_index": s.sample_index, "question": p.question,
+                          "reference": p.answer, "solution": s.text})
+    return items
 
 
 def judgments_to_dicts(js: list[Judgment]) -> list[dict]:
@@ -252,14 +263,15 @@ class JudgeConfig:
 
 
 def cli_run(cfg: JudgeConfig) -> int:
-    from .io import read_records, write_json, write_records
-    from .records import Problem, Sample, Verdict
+    from .io import read_numbered, read_problems, read_records, write_json, write_records
+    from .records import Sample, Verdict
 
     if cfg.backend == "import":
         js = import_audit(cfg.audit)
     else:
-        items = correct_items(read_records(cfg.problems, Problem), read_records(cfg.samples, Sample),
-                              read_records(cfg.verdicts, Verdict))
+        numbered = read_numbered(cfg.samples, Sample)
+        items = correct_items(read_problems(cfg.problems), [s for _, s in numbered],
+                              read_records(cfg.verdicts, Verdict), cfg.samples, [n for n, _ in numbered])
         items = items[: cfg.limit] if cfg.limit else items
         if cfg.backend == "export":
             n = export_audit(items, cfg.audit)

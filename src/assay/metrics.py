@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from .config import opt, save_yaml, to_mapping
-from .io import InputError, read_records, write_json
+from .io import InputError, read_problems, read_records, write_json
 from .records import Problem, Sample, Verdict, key
 
 
@@ -364,7 +364,7 @@ def cli_run(cfg: StatsConfig) -> int:
         raise InputError("stats needs --samples and --verdicts")
     samples = read_records(cfg.samples, Sample)
     verdicts = read_records(cfg.verdicts, Verdict)
-    problems = read_records(cfg.problems, Problem) if cfg.problems else None
+    problems = read_problems(cfg.problems) if cfg.problems else None
     try:
         stats = compute_stats(problems, samples, verdicts, cfg.ks)
     except InputError as exc:

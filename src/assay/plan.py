@@ -168,10 +168,9 @@ def build_arms(cfg: PlanConfig, problems) -> list[Arm]:
 
 
 def cli_run(cfg: PlanConfig) -> int:
-    from .io import read_records
-    from .records import Problem
+    from .io import read_problems
 
-    problems = read_records(cfg.problems, Problem)
+    problems = read_problems(cfg.problems)
     if not problems:
         raise InputError(f"{cfg.problems}: no problems")
     arms = build_arms(cfg, problems)

@@ -79,6 +79,10 @@ class Verdict:
     """``ok``, ``timeout`` (exceeded the per-item limit) or ``error``."""
     error: Optional[str] = None
     """What went wrong when status is ``error`` or ``timeout``."""
+    input_hash: Optional[str] = None
+    """16 hex digits naming what was judged: the sample text, the problem's reference (answer and
+    reasoning-gym entry), the verifier and extractors (``assay.verify.judged_hash``). A resumed
+    verify refuses a verdict whose hash the current sample no longer matches."""
 
     kind: ClassVar[str] = "verdict"
 

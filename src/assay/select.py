@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 from .config import opt, save_yaml, to_mapping
-from .io import InputError, read_records, write_json, write_records
+from .io import InputError, read_problems, read_records, write_json, write_records
 from .metrics import normalize_text
 from .prompts import TEMPLATES
 from .records import Problem, Sample, SFTExample, Verdict, key
@@ -277,7 +277,7 @@ def _gradient_step(cfg: SelectConfig, kept: list[Candidate]) -> tuple[list[Candi
 
 
 def run_select(cfg: SelectConfig) -> dict:
-    problems = read_records(cfg.problems, Problem)
+    problems = read_problems(cfg.problems)
     samples = read_records(cfg.samples, Sample)
     verdicts = read_records(cfg.verdicts, Verdict) if cfg.verdicts else []
     cands = build_candidates(problems, samples, verdicts, cfg.samples)

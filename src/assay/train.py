@@ -4,7 +4,9 @@ Why TRL's ``SFTTrainer`` and not a loop of our own: it is what users already run
 through ``transformers.Trainer`` it inherits ``accelerate launch`` (DDP/FSDP/DeepSpeed) without a
 line here knowing how many processes there are. What this module adds is what the loop needs
 and TRL does not keep: the assistant-turn-only loss on any chat template, a FLOPs count, a
-per-step log, the resolved config, and resume after a kill.
+per-step log, the resolved config, and resume after a kill. A resume is only allowed from
+checkpoints made the same way: ``checkpoints/assay_identity.json`` records the data's sha256,
+every result-changing setting and the model's file hashes, and a rerun that differs is refused.
 
 Loss on the assistant turn only: each SFT row's chat is split into a conversational
 prompt/completion pair and TRL's completion mask does the masking. That works with every chat
@@ -31,8 +33,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import opt, save_yaml, to_mapping
+from .identity import FileHashes, check_identity, load_record, model_identity, short_hash, world_size
 from .io import InputError, read_records, write_json
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, sha256_of
 from .records import SFTExample
 
 METHODS = ("lora", "full")
@@ -199,13 +202,19 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def _cfg_hash(cfg: TrainConfig) -> str:
-    import hashlib
+# Where the output goes and how often it is saved or logged do not change the trained weights.
+_NOT_IDENTITY = ("out", "save_steps", "keep_checkpoints", "logging_steps", "trust_remote_code")
+IDENTITY_FILE = "assay_identity.json"
 
-    from .evaluate import sha256_file
 
-    blob = json.dumps([to_mapping(cfg), sha256_file(cfg.data) if Path(cfg.data).exists() else None], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def train_identity(cfg: TrainConfig, hashes: Optional[FileHashes] = None) -> dict:
+    """What a training result depends on: the data's content, every result-changing setting, the
+    model (with its files' hashes when local) and the number of processes (the effective batch)."""
+    ident = {k: v for k, v in to_mapping(cfg).items() if k not in _NOT_IDENTITY}
+    ident["data"] = {"sha256": sha256_of(Path(cfg.data)) if Path(cfg.data).exists() else None}
+    ident["model"] = model_identity(cfg.model, hashes)
+    ident["world_size"] = world_size()
+    return ident
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -215,12 +224,21 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     """
     out = Path(cfg.out)
     summary_path = out / "train_summary.json"
+    ckpt_dir = out / "checkpoints"
+    resume = _last_checkpoint(ckpt_dir)
+    record = (load_record(ckpt_dir / IDENTITY_FILE) if resume is not None else None) or {}
+    hashes = FileHashes(record.get("file_hashes"))
+    ident = train_identity(cfg, hashes)
     if summary_path.exists():
         done = json.loads(summary_path.read_text(encoding="utf-8"))
-        if done.get("config_hash") not in (None, _cfg_hash(cfg)):
-            raise InputError(f"{out}: already holds a model trained with another config; choose another --out "
-                             "or delete the folder")
+        check_identity(str(out), done.get("identity"), ident, "already holds a model trained with another config",
+                       f"choose another --out or delete {out} to train afresh")
         return done
+    if resume is not None:
+        # Checked before anything is loaded: resuming optimizer state, schedule and data order
+        # made under other settings would train a model that no single config describes.
+        check_identity(str(resume), record.get("identity"), ident, "is a checkpoint of a run with another config",
+                       f"choose another --out or delete {ckpt_dir} to train afresh")
     if cfg.method not in METHODS:
         from .registry import did_you_mean
 
@@ -258,7 +276,6 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    ckpt_dir = out / "checkpoints"
     args = SFTConfig(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
@@ -274,11 +291,12 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     trainer = _trainer_class(meter)(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok)
 
     log_path = out / "train_log.jsonl"
-    resume = _last_checkpoint(ckpt_dir)
     main = trainer.is_world_process_zero()  # under `accelerate launch`, one writer per file
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(out / "train_config.yaml", to_mapping(cfg))
+        # Before the first checkpoint exists, so every checkpoint in the folder is described by it.
+        write_json(ckpt_dir / IDENTITY_FILE, {"identity": ident, "file_hashes": hashes.entries})
     if resume is not None:
         if main:
             _truncate_log(log_path, int(resume.name.split("-")[-1]))
@@ -304,7 +322,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         "train_loss": result.training_loss, "n_params": stats_for(cfg.model).n_params,
         "n_trainable": n_trainable, "merged": cfg.method == "lora" and cfg.merge,
         "resumed_from": str(resume) if resume else None, "world_size": trainer.args.world_size,
-        "config_hash": _cfg_hash(cfg),
+        "config_hash": short_hash(ident), "identity": ident,
     }
     _save_model(trainer, tok, cfg, out)
     if trainer.is_world_process_zero():

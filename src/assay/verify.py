@@ -11,6 +11,7 @@ stall a run of thousands.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from .config import load_yaml, opt, save_yaml
-from .io import InputError, iter_json_lines, open_resumable, read_records
+from .identity import short_hash
+from .io import InputError, open_resumable, read_numbered, read_problems
 from .records import Problem, Sample, Verdict, key
 from .registry import Registry
 
@@ -321,31 +323,40 @@ def index_problems(problems: list[Problem]) -> dict[str, Problem]:
     return by_id
 
 
+def judged_hash(problem: Problem, text: str, verifier: str, extractors: list[str]) -> str:
+    """What a verdict judged: the completion, the reference it was held against, and the rules."""
+    reference = [problem.answer, problem.meta.get("rg_task"), problem.meta.get("rg_entry")]
+    return short_hash([text, reference, verifier, list(extractors)])
+
+
+def _stamped(v: Verdict, s: Sample, by_id: dict[str, Problem], cfg: VerifyConfig) -> Verdict:
+    p = by_id[s.problem_id]
+    return dataclasses.replace(v, input_hash=judged_hash(p, s.text, choose_verifier(p, cfg.verifier), cfg.extractors))
+
+
 def verify_samples(problems: list[Problem], samples: list[Sample], cfg: VerifyConfig) -> list[Verdict]:
     """One Verdict per sample, in the order of ``samples``."""
     from .verify_pool import iter_verdicts
 
+    by_id = index_problems(problems)
     verdicts: list[Optional[Verdict]] = [None] * len(samples)
     for i, v in iter_verdicts(problems, samples, cfg):
-        verdicts[i] = v
+        verdicts[i] = _stamped(v, samples[i], by_id, cfg)
     return verdicts  # type: ignore[return-value]
 
 
-def _check_samples(cfg: VerifyConfig, problems: list[Problem], samples: list[Sample]) -> set:
-    """Each sample must name a known problem, once; returns the sample keys."""
-    ids, seen = {p.id for p in problems}, set()
-    for n, s in enumerate(samples):
+def _check_samples(cfg: VerifyConfig, problems: list[Problem], numbered: list[tuple[int, Sample]]) -> None:
+    """Each sample must name a known problem, once."""
+    ids, seen = {p.id for p in problems}, {}
+    for lineno, s in numbered:
         if s.problem_id not in ids:
-            # The line number is only needed on this error path, so it is recovered here.
-            lineno = next(ln for i, (ln, _) in enumerate(iter_json_lines(cfg.samples)) if i == n)
             close = difflib.get_close_matches(s.problem_id, list(ids), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
             raise InputError(f"{cfg.samples}:{lineno}: sample {s.sample_index} of problem_id "
                              f"'{s.problem_id}': no such problem in {cfg.problems}{hint}")
         if key(s) in seen:
-            raise InputError(f"{cfg.samples}: sample {key(s)} appears more than once")
-        seen.add(key(s))
-    return seen
+            raise InputError(f"{cfg.samples}:{lineno}: sample {key(s)} repeats line {seen[key(s)]}")
+        seen[key(s)] = lineno
 
 
 def _check_resume_config(path: Path, cfg: VerifyConfig) -> None:
@@ -359,32 +370,54 @@ def _check_resume_config(path: Path, cfg: VerifyConfig) -> None:
             )
 
 
+def _check_done(cfg: VerifyConfig, done: list[Verdict], numbered: list[tuple[int, Sample]],
+                by_id: dict[str, Problem]) -> None:
+    """Refuse to resume past verdicts that judged something other than the current inputs hold.
+
+    Refused rather than redone: a sample that changed under its verdict means the samples (or
+    problems) were replaced after verification, most often by pointing --out at another run's
+    verdicts, and whatever was computed from the old pairs is stale too; starting afresh costs
+    only the cheapest stage, and an append-only file stays safe to kill.
+    """
+    at = {key(s): (lineno, s) for lineno, s in numbered}
+    fresh = f"choose another --out or delete {cfg.out} to verify afresh"
+    for v in done:
+        if key(v) not in at:
+            raise InputError(f"{cfg.out}: holds a verdict of sample {v.problem_id}/{v.sample_index}, which is not "
+                             f"in {cfg.samples}; {fresh}")
+        lineno, s = at[key(v)]
+        if v.input_hash != _stamped(v, s, by_id, cfg).input_hash:
+            why = ("the verdict has no input hash (made by an older assay?)" if v.input_hash is None else
+                   "its text or its problem's reference changed since")
+            raise InputError(f"{cfg.samples}:{lineno}: sample {s.problem_id}/{s.sample_index} is not the one its "
+                             f"verdict in {cfg.out} judged ({why}); {fresh}")
+
+
 def cli_run(cfg: VerifyConfig) -> int:
     from tqdm import tqdm
 
     from .verify_pool import iter_verdicts
 
-    problems = read_records(cfg.problems, Problem)
-    samples = read_records(cfg.samples, Sample)
-    try:
-        index_problems(problems)
-    except InputError as exc:
-        raise InputError(f"{cfg.problems}: {exc}") from None
-    seen = _check_samples(cfg, problems, samples)
+    problems = read_problems(cfg.problems)
+    numbered = read_numbered(cfg.samples, Sample)
+    samples = [s for _, s in numbered]
+    _check_samples(cfg, problems, numbered)
+    by_id = {p.id: p for p in problems}
     config_path = Path(str(cfg.out) + ".config.yaml")
     _check_resume_config(config_path, cfg)
     done, writer = open_resumable(cfg.out, Verdict, key)
     with writer:
+        _check_done(cfg, done, numbered, by_id)
         save_yaml(config_path, cfg)
         done_keys = {key(v) for v in done}
         todo = [s for s in samples if key(s) not in done_keys]
-        verdicts = [v for v in done if key(v) in seen]
+        verdicts = list(done)  # _check_done: every one is of a current sample
         # Written in input order (a short reorder buffer) so reruns give byte-identical files.
         buffer: dict[int, Verdict] = {}
         next_i = 0
         with tqdm(total=len(samples), initial=len(samples) - len(todo), desc="verify", unit="sample") as bar:
             for i, v in iter_verdicts(problems, todo, cfg):
-                buffer[i] = v
+                buffer[i] = _stamped(v, todo[i], by_id, cfg)
                 bar.update(1)
                 while next_i in buffer:
                     writer.write(buffer[next_i])

@@ -20,8 +20,8 @@ import dataclasses
 import math
 from pathlib import Path
 
-from ..io import InputError, read_records, write_json, write_records
-from ..records import Problem, Sample
+from ..io import InputError, read_problems, read_records, write_json, write_records
+from ..records import Sample
 
 
 def trim_to_budget(samples: list[Sample], problem_order: list[str], budget: float) -> tuple[list[Sample], list[Sample]]:
@@ -44,7 +44,7 @@ def run_budgeted(cfg, budget: float, generator=None, progress: bool = True, max_
 
     if budget <= 0:
         raise InputError(f"budget must be positive, got {budget}")
-    problems = select_problems(read_records(cfg.problems, Problem), cfg.limit, cfg.shard)
+    problems = select_problems(read_problems(cfg.problems), cfg.limit, cfg.shard)
     if not problems:
         raise InputError(f"{cfg.problems}: no problems")
     all_path = str(cfg.out) + ".all.jsonl"

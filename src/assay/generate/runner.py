@@ -5,6 +5,12 @@ read back (a torn last line from a SIGKILL is cut), the finished (problem_id, sa
 are skipped, and only the rest is sampled, so a killed job loses at most the samples in flight
 and never writes one twice. Each sample has its own seed derived from (seed, problem_id,
 sample_index), so a redone sample is the same draw whichever batch it lands in.
+
+Resuming is only safe into a file made the same way. ``<out>.identity.json`` records what
+changes the draws (model and its files' hashes, backend, decoding, template and its text, base
+seed, dtype, device) and each sampled problem's question hash; a rerun that differs in any of
+them, or whose records disagree with it anywhere in the file, is refused. Output path, limit,
+shard, n and max_batch are not part of it: per-sample seeds make a draw independent of them.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..config import opt, save_yaml, to_mapping
-from ..io import InputError, open_resumable, read_records
+from ..identity import FileHashes, check_identity, load_record, model_identity, short_hash
+from ..io import InputError, open_resumable, read_problems, write_json
 from ..models import DEFAULT_MODEL
 from ..prompts import TEMPLATES
 from ..records import Problem, Sample, key
@@ -81,26 +88,58 @@ def plan_groups(problems: Iterable[Problem], n: int, seed: int, template: str,
     return groups
 
 
-def _check_compatible(existing: list[Sample], cfg: SampleConfig, decoding: Decoding, path: str) -> None:
-    """Refuse to resume into a file made with other settings: its numbers would mix two configs."""
-    want = {"model": cfg.model, "prompt_template": cfg.template, "decoding": decoding.as_dict()}
-    for s in existing[:1] + existing[-1:]:
-        got = {"model": s.model, "prompt_template": s.prompt_template, "decoding": s.decoding}
-        for k in want:
-            if got[k] != want[k]:
-                raise InputError(f"{path}: existing samples have {k}={got[k]!r}, this run asks for {want[k]!r}; "
-                                 "use another --out or the same settings")
+def _identity(cfg: SampleConfig, decoding: Decoding, hashes: FileHashes) -> dict:
+    tpl = TEMPLATES.get(cfg.template)
+    return {"model": model_identity(cfg.model, hashes), "backend": cfg.backend, "decoding": decoding.as_dict(),
+            "template": {"id": tpl.id, "text": short_hash([tpl.system, tpl.user])}, "seed": cfg.seed,
+            "dtype": cfg.dtype, "device": cfg.device}
+
+
+def _check_resume(existing: list[Sample], cfg: SampleConfig, decoding: Decoding, problems: list[Problem],
+                  selected: list[Problem]) -> None:
+    """Refuse to append to samples made otherwise (see the module docstring); then record this run's identity."""
+    side = Path(str(cfg.out) + ".identity.json")
+    record = load_record(side) or {}
+    hashes = FileHashes(record.get("file_hashes"))
+    ident = _identity(cfg, decoding, hashes)
+    questions = dict(record.get("questions") or {}) if existing else {}
+    fresh = f"choose another --out or delete {cfg.out} and {side.name} to sample afresh"
+    if existing:
+        check_identity(cfg.out, record.get("identity"), ident, "holds samples made with other settings", fresh)
+        by_id = {p.id: p for p in problems}
+        want = {"model": cfg.model, "prompt_template": cfg.template, "decoding": decoding.as_dict()}
+        for s in existing:
+            where = f"{cfg.out}: sample {s.problem_id}/{s.sample_index}"
+            got = {"model": s.model, "prompt_template": s.prompt_template, "decoding": s.decoding}
+            for k in want:
+                if got[k] != want[k]:
+                    raise InputError(f"{where} has {k}={got[k]!r}, this run asks for {want[k]!r}; {fresh}")
+            if s.seed != sample_seed(cfg.seed, s.problem_id, s.sample_index):
+                raise InputError(f"{where} was not drawn with base seed {cfg.seed}; {fresh}")
+            p = by_id.get(s.problem_id)
+            if p is None:
+                raise InputError(f"{where} is of problem '{s.problem_id}', which is not in {cfg.problems}; {fresh}")
+            if questions.get(p.id) != short_hash(p.question):
+                raise InputError(f"{where}: the question of problem '{p.id}' in {cfg.problems} is not the one "
+                                 f"it was drawn for; {fresh}")
+    questions.update({p.id: short_hash(p.question) for p in selected})
+    write_json(side, {"identity": ident, "questions": questions, "file_hashes": hashes.entries})
 
 
 def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progress: bool = True) -> dict:
     """Sample what is missing from ``cfg.out``; returns a summary of this invocation."""
-    problems = select_problems(read_records(cfg.problems, Problem), cfg.limit, cfg.shard)
+    all_problems = read_problems(cfg.problems)
+    problems = select_problems(all_problems, cfg.limit, cfg.shard)
     if cfg.n < 1:
         raise InputError(f"n={cfg.n}: need at least one sample per problem")
     TEMPLATES.get(cfg.template)
     decoding = Decoding(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
     existing, writer = open_resumable(cfg.out, Sample, key)
-    _check_compatible(existing, cfg, decoding, cfg.out)
+    try:
+        _check_resume(existing, cfg, decoding, all_problems, problems)
+    except BaseException:
+        writer.close()
+        raise
     save_yaml(Path(cfg.out).with_name(Path(cfg.out).name + ".config.yaml"), to_mapping(cfg))
     done = {key(s) for s in existing}
     groups = plan_groups(problems, cfg.n, cfg.seed, cfg.template, done)
