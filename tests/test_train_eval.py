@@ -83,32 +83,68 @@ def test_full_finetune_flops_are_three_forwards(tiny_model_dir, sft_file, tmp_pa
     assert s["flops"] >= 6 * st.n_matmul * s["tokens"]
 
 
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
 def test_train_resumes_from_checkpoint_without_double_counting(tiny_model_dir, sft_file, tmp_path):
-    """Simulate a kill after step 4: the checkpoint exists, the summary does not."""
+    """Kill after checkpoint-4 of 6 (same config), rerun: the result equals the uninterrupted run."""
     import shutil
+
+    import torch
 
     from assay.train import run_training
 
-    ref = run_training(_cfg(tiny_model_dir, sft_file, tmp_path / "ref"), progress=False)
     out = tmp_path / "killed"
-    run_training(_cfg(tiny_model_dir, sft_file, out), progress=False)
-    # Roll the folder back to "killed after checkpoint-4": drop the final outputs and later log lines.
+    cfg = _cfg(tiny_model_dir, sft_file, out, keep_checkpoints=0)  # keep checkpoint-4 to roll back to
+    ref = run_training(cfg, progress=False)
+    ref_log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    ref_weights = _weights(out)
+    assert ref["steps"] == 6 and (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
+    # Roll the folder back to "killed after checkpoint-4": no summary, no final model, no
+    # checkpoint-6, but the log lines of steps 5-6 that a kill would leave behind.
     (out / "train_summary.json").unlink()
-    ck = sorted((out / "checkpoints").glob("checkpoint-*"))
-    assert ck, "a checkpoint should have been kept"
-    last = ck[-1]
-    mid = out / "checkpoints" / "checkpoint-4"
-    if last.name != "checkpoint-4":
-        # save_total_limit=1 keeps only the last; recreate the mid one from a fresh partial run.
-        shutil.rmtree(out)
-        run_training(_cfg(tiny_model_dir, sft_file, out, max_steps=4), progress=False)
-        (out / "train_summary.json").unlink()
-        assert (mid / "trainer_state.json").exists()
-    s = run_training(_cfg(tiny_model_dir, sft_file, out), progress=False)
+    (out / "model.safetensors").unlink()
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    s = run_training(cfg, progress=False)
     assert s["resumed_from"].endswith("checkpoint-4")
-    assert s["tokens"] == ref["tokens"] and s["steps"] == ref["steps"]
+    for k in ("steps", "tokens", "loss_tokens", "flops", "sequences"):
+        assert s[k] == pytest.approx(ref[k], rel=1e-12), k
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == list(range(1, ref["steps"] + 1))
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in ref_log], rel=1e-4)
+    assert [r["tokens"] for r in log] == [r["tokens"] for r in ref_log]
+    got = _weights(out)
+    assert got.keys() == ref_weights.keys()
+    assert all(torch.allclose(got[k], ref_weights[k], atol=1e-6) for k in got)
+
+
+def test_train_resume_under_another_config_or_data_is_refused(tiny_model_dir, sft_file, tmp_path, capsys):
+    """A checkpoint made with other data or another learning rate is not resumed (exit 2)."""
+    from assay.cli import main
+    from assay.train import run_training
+
+    data = tmp_path / "sft.jsonl"
+    write_records(data, _sft_rows())
+    out = tmp_path / "o"
+    run_training(_cfg(tiny_model_dir, data, out, max_steps=2), progress=False)
+    (out / "train_summary.json").unlink()  # killed after checkpoint-2
+    argv = ["train", "--data", str(data), "--out", str(out), "--model", str(tiny_model_dir), "--max-steps", "2",
+            "--batch-size", "4", "--save-steps", "2", "--epochs", "2"]
+    capsys.readouterr()
+    assert main(argv + ["--lr", "5e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint-2: is a checkpoint of a run with another config (lr: 0.001 then, 0.0005 now)" in err
+    assert f"delete {out / 'checkpoints'} to train afresh" in err
+    write_records(data, _sft_rows(13))  # same path, other content
+    assert main(argv + ["--lr", "1e-3"]) == 2
+    assert "data.sha256" in capsys.readouterr().err
+    assert not (out / "train_summary.json").exists()
+    write_records(data, _sft_rows())
+    assert main(argv + ["--lr", "1e-3", "save_steps=1", "logging_steps=2"]) == 0  # neither changes the weights
+    assert json.loads((out / "train_summary.json").read_text())["resumed_from"].endswith("checkpoint-2")
 
 
 def test_train_rejects_bad_rows(tiny_model_dir, tmp_path):
@@ -161,16 +197,47 @@ def test_eval_named_benchmarks_and_unknown_name(tmp_path, tiny_model_dir):
                             max_new_tokens=4))
     probs = read_records(tmp_path / "rg" / "problems.jsonl", Problem)
     assert len(probs) == 3 and r["protocol"]["n_problems"] == 3
-    # Held-out reasoning-gym items come from generator seeds 10000.., disjoint from pools drawn from 0..
-    assert json.loads(probs[0].meta["rg_entry"])["metadata"]["source_index"] == 0 or probs[0].source.startswith("reasoning_gym")
+    # Held-out item i is drawn from generator seed 10000 + i (reasoning-gym seeds item i with
+    # seed + i): regenerate each from that seed alone. A pool drawn from seed 0 of any size up to
+    # 10000 uses seeds 0..size-1, so the two never share a draw.
+    import reasoning_gym
+
+    from assay.evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED
+
+    assert HELDOUT_SEED == 10_000
+    for p in probs:
+        entry = json.loads(p.meta["rg_entry"])
+        assert json.loads(p.meta["rg_config"])["seed"] == HELDOUT_SEED
+        alone = reasoning_gym.create_dataset("chain_sum", seed=HELDOUT_SEED + entry["metadata"]["source_index"], size=1,
+                                             **CHAIN_SUM_SMALL)[0]
+        assert (alone["question"], alone["answer"]) == (p.question, p.answer)
 
 
-def test_eval_on_shared_benchmark(shared_data, tiny_model_dir, tmp_path):
+def test_eval_on_shared_benchmark(shared_data, tmp_path):
+    """The first two GSM8K test problems, answered right and wrong by a scripted model: pass@1 is exactly 1/2."""
     from assay.evaluate import EvalConfig, run_eval
+    from assay.generate import Generated
 
-    r = run_eval(EvalConfig(model=str(tiny_model_dir), benchmark="gsm8k-test", limit=2, out=str(tmp_path / "g"),
-                            max_new_tokens=4, data_dir=str(shared_data)))
-    assert r["protocol"]["n_problems"] == 2 and r["metrics"]["greedy_pass@1"] in (0.0, 0.5, 1.0)
+    rows = [json.loads(x) for x in (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:2]]
+    # The reference is what follows '####'; the script answers row 0 with it and row 1 with it + 1.
+    reply = {row["question"]: int(row["answer"].split("####")[-1].replace(",", "")) + i for i, row in enumerate(rows)}
+
+    class Scripted:
+        model_name = "scripted"
+
+        def generate(self, groups, decoding):
+            for g in groups:
+                answer = reply[g.messages[-1]["content"]]
+                for i, seed in g.samples:
+                    yield Generated(g.problem_id, i, seed, f"So the answer is \\boxed{{{answer}}}.", 5, 3, 1.0, "stop")
+
+    r = run_eval(EvalConfig(model="scripted", benchmark="gsm8k-test", limit=2, out=str(tmp_path / "g"),
+                            max_new_tokens=4, data_dir=str(shared_data)), generator=Scripted())
+    probs = read_records(tmp_path / "g" / "problems.jsonl", Problem)
+    assert [p.question for p in probs] == [row["question"] for row in rows]
+    assert r["protocol"]["n_problems"] == 2 and r["metrics"]["greedy_pass@1"] == 0.5
+    per = json.loads((tmp_path / "g" / "per_problem.json").read_text())["greedy"]
+    assert per == {probs[0].id: True, probs[1].id: False}
 
 
 def test_mcnemar_and_wilson_hand_computed():
