@@ -148,6 +148,16 @@ def test_verify_resume_refuses_a_changed_reference_and_an_orphan_verdict(tmp_pat
     _refused(args, capsys, "holds a verdict of sample p2/1, which is not in")
 
 
+def test_verify_resume_refuses_verdicts_of_another_scorer_version(tmp_path, capsys, monkeypatch):
+    from assay import verify
+
+    args = _verify_files(tmp_path)
+    assert main(args) == 0
+    # The judging library was upgraded (or an own scorer changed): old verdicts are not its verdicts.
+    monkeypatch.setattr(verify, "_judge_version", lambda verifier, task: ["another version"])
+    _refused(args, capsys, "is not the one its verdict")
+
+
 # ------------------------------------------------------------------ repeated problem ids
 
 

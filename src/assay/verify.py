@@ -323,10 +323,29 @@ def index_problems(problems: list[Problem]) -> dict[str, Problem]:
     return by_id
 
 
+@functools.lru_cache(maxsize=None)
+def _judge_version(verifier: str, rg_task: Optional[str]) -> list:
+    """The code that judges: the judging library's version and, for reasoning-gym, whose scorer."""
+    from importlib import metadata
+
+    package = {"math_verify": "math-verify", "reasoning_gym": "reasoning-gym"}.get(verifier)
+    try:
+        version = metadata.version(package) if package else None
+    except metadata.PackageNotFoundError:
+        version = None
+    if verifier == "reasoning_gym" and rg_task:
+        from . import verify_rg
+
+        return [version, verify_rg.policy(rg_task)[0], verify_rg.SCORER_VERSION]
+    return [version]
+
+
 def judged_hash(problem: Problem, text: str, verifier: str, extractors: list[str]) -> str:
-    """What a verdict judged: the completion, the reference it was held against, and the rules."""
+    """What a verdict judged: the completion, the reference it was held against, and the rules
+    (the verifier, its extractors, and the version of the code that scores)."""
     reference = [problem.answer, problem.meta.get("rg_task"), problem.meta.get("rg_entry")]
-    return short_hash([text, reference, verifier, list(extractors)])
+    task = problem.meta.get("rg_task") if isinstance(problem.meta.get("rg_task"), str) else None
+    return short_hash([text, reference, verifier, list(extractors), _judge_version(verifier, task)])
 
 
 def _stamped(v: Verdict, s: Sample, by_id: dict[str, Problem], cfg: VerifyConfig) -> Verdict:

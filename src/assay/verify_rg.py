@@ -28,6 +28,8 @@ from . import safe_expr
 
 AUDIT_FILE = Path(__file__).parent / "data" / "rg_audit.yaml"
 STATUSES = ("safe", "own", "refused")
+# Bump when an own scorer changes what it accepts: verdicts made by the old one are then stale.
+SCORER_VERSION = "1"
 
 Scorer = Callable[[str, dict], float]
 OWN_SCORERS: dict[str, Scorer] = {}
