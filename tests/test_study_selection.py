@@ -38,7 +38,7 @@ def test_target_share_and_scores_by_task_hand_computed():
     ({"distractors": ["rg:chain_sum"]}, "distinct tasks"),
     ({"seed": 9_900}, "pool seeds 9900..10059 overlap held-out seeds 10000..10359"),
     ({"heldout_size": 10_001}, "held-out seeds 10000..20000 overlap dev seeds 20000..20047"),
-    ({"band": [1]}, "band must be"),
+    ({"band": [1]}, r"band: must be \[min, max\], got \[1\]"),
 ])
 def test_bad_settings_are_named(over, msg, tmp_path):
     from assay.study_selection import StudySelectionConfig, run

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import add_config_args, config_from_args, to_mapping
+from .config import ConfigError, add_config_args, config_from_args, locate, to_mapping
 from .io import InputError
 from .redact import redact_text
 
@@ -45,9 +45,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 OWN_RUN_DIR = {"quickstart", "run", "report", "serve", "study", "plan"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``assay: error:`` line like every other bad input (argparse
+    prints its usage block first, which buries the line that says what is wrong)."""
+
+    command = ""  # set on the top-level parser, which reports unknown flags of the command too
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("assay").strip() or self.command
+        raise InputError(f"{where}: {message} (see assay {where} --help)" if where else
+                         f"{message} (see assay --help)")
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (for its flags), keeping startup fast."""
-    parser = argparse.ArgumentParser(prog="assay", description="Few well-chosen examples, measured.")
+    parser = _Parser(prog="assay", description="Few well-chosen examples, measured.")
+    parser.command = command or ""
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, cls, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -75,12 +88,16 @@ def _in_run_dir(cfg, run_dir: Path):
 
 
 def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
+    from .checks import check_stage
+
     if not run_dir:
+        check_stage(cfg, files=True)
         return int(mod.cli_run(cfg) or 0)
     from .runs import Run
 
     run = Run(run_dir)
     cfg = _in_run_dir(cfg, run.dir)
+    check_stage(cfg, files=True)
     inputs = [getattr(cfg, n) for n in getattr(cfg, "INPUTS", ()) if getattr(cfg, n) and Path(getattr(cfg, n)).exists()]
     outputs = [getattr(cfg, n) for n in getattr(cfg, "OUTPUTS", ())]
     models = [cfg.model] if hasattr(cfg, "model") else []
@@ -97,31 +114,54 @@ def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    from .progress import quiet_library_bars
+
+    # Entered before any command module loads: tqdm reads its TQDM_* defaults once, at import.
+    with quiet_library_bars():
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    mod_name, cls_name = args._target
+    args = None
     try:
+        parser = build_parser(command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        mod_name, cls_name = args._target
         mod = importlib.import_module(mod_name)
-        cfg = config_from_args(getattr(mod, cls_name), args)
+        cls = getattr(mod, cls_name)
+        cfg = config_from_args(cls, args)
         return run_command(args.command, mod, cfg, getattr(args, "_run_dir", None))
+    except ConfigError as exc:
+        flags = [f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None]
+        msg = locate(exc, config_file=getattr(args, "_config", None), overrides=getattr(args, "overrides", []),
+                     flags=flags, command=args.command)
+        return _fail(msg, 2)
     except InputError as exc:
-        print(f"assay: error: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A path the user gave that cannot be opened (a folder, no permission): input, not a bug.
+        return _fail(f"{exc.filename}: {exc.strerror or exc}", 2)
     except RuntimeError as exc:
         from .generate.openai_api import APIError
 
         if not isinstance(exc, APIError):
             raise
-        print(f"assay: error: {redact_text(str(exc))}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), 1)
     except KeyboardInterrupt:
         print("assay: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, code: int) -> int:
+    # One line, whatever the message quoted (a YAML snippet, a model's error text); credentials masked.
+    print("assay: error: " + " ".join(redact_text(message).split()), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

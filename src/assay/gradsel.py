@@ -164,12 +164,12 @@ def extract_features(model, examples: Sequence[tuple], store: FeatureStore, proj
 
     ``examples`` are (input_ids, labels) pairs; work resumes at ``store.done``.
     """
-    from tqdm import tqdm
+    from .progress import bar as progress_bar
 
     params = [p for p in model.parameters() if p.requires_grad]
     buf, start = [], store.done
-    for i in tqdm(range(store.done, len(examples)), desc="features", disable=not progress, initial=store.done,
-                  total=len(examples)):
+    shown = progress_bar(len(examples), "features", "example", initial=store.done, enabled=progress)
+    for i in range(store.done, len(examples)):
         g = lora_gradient(model, *examples[i], params=params)
         if moments is not None:
             g = adam_precondition(g, *moments)
@@ -177,6 +177,8 @@ def extract_features(model, examples: Sequence[tuple], store: FeatureStore, proj
         if len(buf) >= flush_every:
             store.write(start, np.stack(buf))
             start, buf = start + len(buf), []
+        shown.update(1)
+    shown.close()
     if buf:
         store.write(start, np.stack(buf))
     return store

@@ -165,9 +165,47 @@ def resolve(spec: str) -> str:
             raise InputError(f"model '{spec}': folder has no config.json (nor adapter_config.json)")
         return str(p)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return spec  # hub id; transformers fetches it (fails offline with its own message)
+        _check_hub_id(spec)
+        return spec  # a hub id that is cached or reachable: transformers fetches it
     known = ", ".join(sorted(EMBEDDED))
     raise InputError(f"model '{spec}': not an embedded model ({known}), a local folder, or a hub id 'org/name'")
+
+
+def _offline() -> bool:
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at its import.
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+@lru_cache(maxsize=64)
+def _check_hub_id(spec: str) -> None:
+    """Fail in one line, before any stage runs, if hub id ``spec`` is neither cached nor on the hub.
+
+    Left to transformers, a missing model surfaces minutes into a run as a traceback (offline),
+    or after ~50 s of download retries (no network). One metadata request settles it quickly.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(spec, f), str) for f in ("config.json", "adapter_config.json")):
+        return
+    if _offline():
+        raise InputError(f"model '{spec}': not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE "
+                         "is set, so the hub was not asked (download it once online, or pass a local folder)")
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(spec, timeout=10)
+    except GatedRepoError:
+        raise InputError(f"model '{spec}': gated on the hub; accept its terms and log in (hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"model '{spec}': no such local folder, and the hub has no model of that name "
+                         "(or it is private)") from None
+    except Exception as exc:  # the hub client raises its HTTP library's own errors for a dead network
+        first = (str(exc).splitlines() or [""])[0]
+        raise InputError(f"model '{spec}': not a local folder, not in the Hugging Face cache, and the hub could not "
+                         f"be reached ({type(exc).__name__}: {first})") from None
 
 
 def adapter_base(path: str | Path) -> Optional[str]:

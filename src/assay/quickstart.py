@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import opt, save_yaml, to_mapping
 from .evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED, EvalConfig
 from .generate.runner import SampleConfig
-from .io import InputError, read_records, write_records
+from .io import read_records, write_records
 from .metrics import normalize_text
 from .models import DEFAULT_MODEL
 from .records import Problem
@@ -63,14 +63,29 @@ OWNED = {
 }
 
 
-def _check_owned(cfg: QuickstartConfig) -> None:
+def check(cfg: QuickstartConfig) -> None:
+    """Every setting of every section, before the first stage runs (a typo in ``train`` would
+    otherwise surface only after the held-out set, the pool, an evaluation and sampling)."""
+    from .checks import at_least, check_model, check_stage, check_task, check_template, fail
+    from .config import ConfigError
+
     defaults = QuickstartConfig()
     for section, names in OWNED.items():
         for name in names:
-            got, want = getattr(getattr(cfg, section), name), getattr(getattr(defaults, section), name)
-            if got != want:
-                raise InputError(f"quickstart: {section}.{name} is set by the pipeline; set the top-level "
-                                 f"option instead (model, k, seed, template, run_dir)")
+            if getattr(getattr(cfg, section), name) != getattr(getattr(defaults, section), name):
+                what = "is set by the pipeline; set the top-level option instead (model, k, seed, template, run_dir)"
+                raise ConfigError("quickstart", f"{section}.{name}", what,
+                                  message=f"quickstart: {section}.{name} {what}")
+    for name in ("pool_size", "heldout_size", "k"):
+        at_least(name, getattr(cfg, name), 1)
+    if cfg.heldout_seed < cfg.seed + cfg.pool_size and cfg.seed < cfg.heldout_seed + cfg.heldout_size:
+        raise fail("heldout_seed", f"pool seeds {cfg.seed}..{cfg.seed + cfg.pool_size - 1} overlap held-out "
+                                   f"seeds {cfg.heldout_seed}..{cfg.heldout_seed + cfg.heldout_size - 1}")
+    check_template("template", cfg.template)
+    for section in OWNED:
+        check_stage(getattr(cfg, section), section, skip=OWNED[section])
+    check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
+    check_model("model", cfg.model)
 
 
 def decontaminate(pool: list[Problem], heldout: list[Problem]) -> tuple[list[Problem], list[dict]]:
@@ -87,14 +102,9 @@ def decontaminate(pool: list[Problem], heldout: list[Problem]) -> tuple[list[Pro
 
 
 def resolve(cfg: QuickstartConfig) -> QuickstartConfig:
-    """Fill in the pipeline-owned fields of the stage configs, so the saved config is the one run."""
-    _check_owned(cfg)
-    if not cfg.task.startswith("rg:"):
-        raise InputError(f"quickstart: task '{cfg.task}' must be a reasoning-gym task 'rg:<name>' "
-                         "(run the stages one by one for file-based problem sets)")
-    if cfg.heldout_seed < cfg.seed + cfg.pool_size and cfg.seed < cfg.heldout_seed + cfg.heldout_size:
-        raise InputError(f"quickstart: pool seeds {cfg.seed}..{cfg.seed + cfg.pool_size - 1} overlap held-out "
-                         f"seeds {cfg.heldout_seed}..{cfg.heldout_seed + cfg.heldout_size - 1}")
+    """Check every setting, then fill in the pipeline-owned fields of the stage configs, so the saved
+    config is the one run."""
+    check(cfg)
     d = Path(cfg.run_dir)
     return dataclasses.replace(
         cfg,
@@ -119,6 +129,7 @@ def run(cfg: QuickstartConfig) -> dict:
     from . import metrics, report, verify
     from .evaluate import compare, run_eval
     from .generate import run_sampling
+    from .progress import interactive
     from .runs import Run
     from .select import run_select
     from .train import run_training
@@ -160,8 +171,8 @@ def run(cfg: QuickstartConfig) -> dict:
                outputs=[scfg.out])
     run_.stage("select", to_mapping(cfg.select), lambda: run_select(cfg.select),
                inputs=[pool, cfg.sample.out, vcfg.out], outputs=[cfg.select.out])
-    run_.stage("train", to_mapping(cfg.train), lambda: run_training(cfg.train), inputs=[cfg.select.out],
-               outputs=[cfg.train.out], models=[cfg.model])
+    run_.stage("train", to_mapping(cfg.train), lambda: run_training(cfg.train, progress=interactive()),
+               inputs=[cfg.select.out], outputs=[cfg.train.out], models=[cfg.model])
     trained_eval = dataclasses.replace(cfg.eval, model=cfg.train.out, out=str(d / "eval_trained"))
     run_.stage("eval_trained", to_mapping(trained_eval), lambda: run_eval(trained_eval),
                inputs=[heldout, cfg.train.out], outputs=[d / "eval_trained"], models=[cfg.train.out])

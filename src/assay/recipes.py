@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import deep_merge, from_mapping, load_yaml, opt, parse_overrides
+from .config import ConfigError, deep_merge, from_mapping, key_line, load_yaml, locate, opt, parse_overrides
 from .io import InputError
 from .registry import Registry
 
@@ -33,19 +33,32 @@ class RecipeConfig:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[str, object]:
-    """(pipeline name, its resolved config) from a recipe file and overrides."""
+    """(pipeline name, its resolved config) from a recipe file and overrides; a bad key or value is
+    reported at the line of the file (or the override) that set it."""
     data = load_yaml(path)
     name = data.pop("pipeline", None)
     if not name:
         raise InputError(f"{path}: missing 'pipeline' (one of {', '.join(PIPELINES.names())})")
-    mod_name, cls_name = PIPELINES.get(name)
-    cls = getattr(importlib.import_module(mod_name), cls_name)
+    try:
+        mod_name, cls_name = PIPELINES.get(str(name))
+    except InputError as exc:
+        raise InputError(f"{path}:{key_line(path, 'pipeline')}: {exc}") from None
+    mod = importlib.import_module(mod_name)
     data = deep_merge(data, parse_overrides(list(overrides)))
-    return name, from_mapping(cls, data, where=str(path))
+    try:
+        return name, from_mapping(getattr(mod, cls_name), data, where=str(path))
+    except ConfigError as exc:
+        raise InputError(locate(exc, config_file=str(path), overrides=list(overrides), command=str(path))) from None
 
 
 def cli_run(cfg: RecipeConfig) -> int:
     name, pcfg = load_recipe(cfg.recipe, cfg.overrides)
     mod = importlib.import_module(PIPELINES.get(name)[0])
+    try:
+        # The pipeline checks itself again when it starts; this first check is the one that can
+        # name the recipe's line.
+        mod.check(pcfg)
+    except ConfigError as exc:
+        raise InputError(locate(exc, config_file=cfg.recipe, overrides=cfg.overrides, command=cfg.recipe)) from None
     # The pipeline saves its resolved recipe as <run_dir>/recipe.yaml.
     return int(mod.cli_run(pcfg) or 0)

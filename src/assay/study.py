@@ -36,6 +36,11 @@ def cli_run(cfg: StudyConfig) -> int:
 
 # ---- pieces the studies share: held-out problems, and students trained and evaluated side by side ----
 
+# Fields of the shared ``train`` and ``eval`` sections that the studies fill in themselves.
+TRAIN_OWNED = ("data", "out", "model", "seed", "max_steps")
+EVAL_OWNED = ("model", "benchmark", "out", "template")
+
+
 def train_section():
     """The ``train`` field of a study config: LoRA students (data, out, model, seed and steps set by the study)."""
     from .train import TrainConfig
@@ -91,6 +96,7 @@ def train_and_evaluate(r, sets: dict[str, str], base_eval, train, model: str, se
     from .config import to_mapping
     from .evaluate import compare, run_eval
     from .io import read_records
+    from .progress import interactive
     from .records import SFTExample
     from .train import run_training
 
@@ -105,8 +111,8 @@ def train_and_evaluate(r, sets: dict[str, str], base_eval, train, model: str, se
             continue
         tcfg = dataclasses.replace(train, data=data, out=str(d / f"{name}.student"), model=model, seed=seed,
                                    max_steps=steps)
-        r.stage(f"train_{name}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg), inputs=[data],
-                outputs=[tcfg.out], models=[model])
+        r.stage(f"train_{name}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg, progress=interactive()),
+                inputs=[data], outputs=[tcfg.out], models=[model])
         ecfg = dataclasses.replace(base_eval, model=tcfg.out, out=str(d / f"eval.{name}"))
         r.stage(f"eval_{name}", to_mapping(ecfg), lambda ecfg=ecfg: run_eval(ecfg), inputs=[base_eval.benchmark, tcfg.out],
                 outputs=[ecfg.out], models=[tcfg.out])

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from .config import opt, save_yaml, to_mapping
 from .evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED, EvalConfig
-from .io import InputError, read_records
+from .io import read_records
 from .models import DEFAULT_MODEL
 from .records import Problem
-from .study import eval_section, train_section
+from .study import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
 from .train import TrainConfig
 
 
@@ -48,6 +48,21 @@ class StudyCurationConfig:
     run_dir: str = opt("runs/study-curation", help="where everything goes")
 
 
+def check(cfg: StudyCurationConfig) -> None:
+    """Every setting, before the first stage runs."""
+    from .checks import at_least, check_model, check_stage, check_task, check_template, fail
+
+    for name in ("pool_size", "heldout_size", "k", "n", "sample_max_new_tokens", "train_steps"):
+        at_least(name, getattr(cfg, name), 1)
+    if len(cfg.band) != 2 or not 0 <= cfg.band[0] <= cfg.band[1] <= cfg.k:
+        raise fail("band", f"must be [min, max] with 0 <= min <= max <= k={cfg.k}, got {cfg.band}")
+    check_template("template", cfg.template)
+    check_stage(cfg.train, "train", skip=TRAIN_OWNED)
+    check_stage(cfg.eval, "eval", skip=EVAL_OWNED)
+    check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
+    check_model("model", cfg.model)
+
+
 def run(cfg: StudyCurationConfig) -> dict:
     from .curate import CurateConfig, run_curation
     from .quickstart import decontaminate as drop_heldout
@@ -56,10 +71,7 @@ def run(cfg: StudyCurationConfig) -> dict:
     from .study import rg_problems, sample_and_verify, train_and_evaluate
     from .io import write_json, write_records
 
-    if not cfg.task.startswith("rg:"):
-        raise InputError(f"study curation: task '{cfg.task}' must be rg:<name>")
-    if len(cfg.band) != 2:
-        raise InputError(f"study curation: band must be [min, max], got {cfg.band}")
+    check(cfg)
     r = Run(cfg.run_dir)
     d = r.dir
     save_yaml(d / "recipe.yaml", {"pipeline": "study-curation", **to_mapping(cfg)})

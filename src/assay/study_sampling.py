@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .config import opt, save_yaml, to_mapping
 from .evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED
-from .io import InputError, read_records, write_json
+from .io import read_records, write_json
 from .records import Problem, Sample, Verdict
 from .train import TrainConfig
 
@@ -59,6 +59,30 @@ class StudySamplingConfig:
     heldout: int = opt(200, help="train=true: held-out rows (seeds from 10000) for the students")
     student_selectors: list = opt(["correct", "finished", "dedup"], help="train=true: how each arm's samples become SFT data")
     run_dir: str = opt("runs/study-sampling", help="where everything goes")
+
+
+def check(cfg: StudySamplingConfig) -> None:
+    """Every setting, before the first stage runs."""
+    from .checks import at_least, check_model, check_selectors, check_stage, check_task, check_template, fail
+
+    for name in ("problems", "k_se", "max_new_tokens", "max_batch"):
+        at_least(name, getattr(cfg, name), 1)
+    at_least("temperature", cfg.temperature, 0)
+    at_least("judge_limit", cfg.judge_limit, 0)
+    if cfg.completion_tokens <= 0:
+        raise fail("completion_tokens", f"must be positive, got {cfg.completion_tokens!r}")
+    if cfg.wc == cfg.se:
+        raise fail("se", f"the two arms need two models, got '{cfg.wc}' twice")
+    check_template("template", cfg.template)
+    if cfg.train:
+        at_least("heldout", cfg.heldout, 1)
+        check_selectors("student_selectors", cfg.student_selectors)
+        check_stage(cfg.student_train, "student_train", skip=("data", "out", "model", "seed"))
+    check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
+    for name in ("wc", "se"):
+        check_model(name, getattr(cfg, name))
+    if cfg.judge not in ("", "export"):
+        check_model("judge", cfg.judge)
 
 
 def _arm_name(cfg: StudySamplingConfig, spec: str) -> str:
@@ -105,8 +129,7 @@ def run(cfg: StudySamplingConfig) -> dict:
     from .models import stats_for
     from .runs import Run
 
-    if not cfg.task.startswith("rg:"):
-        raise InputError(f"study sampling: task '{cfg.task}' must be rg:<name>")
+    check(cfg)
     run_ = Run(cfg.run_dir)
     d = run_.dir
     save_yaml(d / "recipe.yaml", {"pipeline": "study-sampling", **to_mapping(cfg)})
@@ -167,6 +190,7 @@ def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
     """The paper's three setups: (student model, data arm)."""
     from .evaluate import EvalConfig, run_eval
     from .problems import ProblemsConfig, cli_run as write_problems
+    from .progress import interactive
     from .select import SelectConfig, run_select
     from .train import run_training
 
@@ -187,8 +211,8 @@ def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
                    inputs=[scfg.samples, scfg.verdicts], outputs=[scfg.out])
         tcfg = dataclasses.replace(cfg.student_train, data=scfg.out, out=str(d / f"{setup}.student"), model=student,
                                    seed=cfg.seed)
-        run_.stage(f"train_{setup}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg), inputs=[scfg.out],
-                   outputs=[tcfg.out], models=[student])
+        run_.stage(f"train_{setup}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg, progress=interactive()),
+                   inputs=[scfg.out], outputs=[tcfg.out], models=[student])
         for name, model in ((f"{setup}.base", student), (f"{setup}.trained", tcfg.out)):
             ecfg = EvalConfig(model=model, benchmark=str(held), out=str(d / f"eval.{name}"), template=cfg.template,
                               max_new_tokens=cfg.max_new_tokens)

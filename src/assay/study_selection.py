@@ -33,7 +33,7 @@ from .io import InputError, read_records
 from .models import DEFAULT_MODEL
 from .records import Problem, Sample, SFTExample
 from .select import SelectConfig
-from .study import eval_section, train_section
+from .study import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
 from .train import TrainConfig
 
 DEV_SEED = 20_000  # dev (target-example) problems: item i from seed 20_000 + i, apart from pool and held-out
@@ -78,30 +78,45 @@ def task_name(source: str) -> str:
     return source.rsplit(":", 1)[-1]
 
 
-def _check(cfg: StudySelectionConfig) -> None:
+def check(cfg: StudySelectionConfig) -> None:
+    """Every setting, before the first stage runs."""
+    from .checks import at_least, check_model, check_selectors, check_stage, check_task, check_template, fail
+
     tasks = [cfg.target, *cfg.distractors]
-    bad = [t for t in tasks if not t.startswith("rg:")]
-    if bad:
-        raise InputError(f"study selection: tasks must be rg:<name>, got {', '.join(bad)}")
+    for key, t in [("target", cfg.target)] + [("distractors", t) for t in cfg.distractors]:
+        if not t.startswith("rg:"):
+            raise fail(key, f"tasks must be rg:<name>, got {t}")
     if len({task_name(t) for t in tasks}) != len(tasks):
-        raise InputError(f"study selection: the target and distractors must be distinct tasks, got {tasks}")
+        raise fail("distractors", f"the target and distractors must be distinct tasks, got {tasks}")
     unused = set(cfg.distractor_kwargs) - {task_name(t) for t in cfg.distractors}
     if unused:
         print(f"[assay] study selection: distractor_kwargs for {', '.join(sorted(unused))} unused "
               f"(not among the distractors {', '.join(cfg.distractors)})")
-    ranges = {"pool": (cfg.seed, cfg.seed + max(cfg.target_pool, cfg.distractor_pool)),
-              "held-out": (HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size), "dev": (DEV_SEED, DEV_SEED + cfg.dev_size)}
+    ranges = {"pool": ("seed", cfg.seed, cfg.seed + max(cfg.target_pool, cfg.distractor_pool)),
+              "held-out": ("heldout_size", HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size),
+              "dev": ("dev_size", DEV_SEED, DEV_SEED + cfg.dev_size)}
     names = list(ranges)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            (a0, a1), (b0, b1) = ranges[a], ranges[b]
+            (key, a0, a1), (_, b0, b1) = ranges[a], ranges[b]
             if a0 < b1 and b0 < a1:
-                raise InputError(f"study selection: {a} seeds {a0}..{a1 - 1} overlap {b} seeds {b0}..{b1 - 1}; "
-                                 "choose another seed or smaller sizes")
+                raise fail(key, f"{a} seeds {a0}..{a1 - 1} overlap {b} seeds {b0}..{b1 - 1}; "
+                                "choose another seed or smaller sizes")
     if len(cfg.band) != 2:
-        raise InputError(f"study selection: band must be [min, max], got {cfg.band}")
-    if cfg.n < 1 or cfg.n_targets < 1:
-        raise InputError("study selection: n and n_targets must be at least 1")
+        raise fail("band", f"must be [min, max], got {cfg.band}")
+    for name in ("n", "n_targets", "k", "target_pool", "distractor_pool", "dev_size", "heldout_size",
+                 "sample_max_new_tokens", "train_steps"):
+        at_least(name, getattr(cfg, name), 1)
+    check_template("template", cfg.template)
+    check_selectors("pool_selectors", cfg.pool_selectors)
+    check_stage(cfg.gradient, "gradient", skip=("problems", "samples", "verdicts", "out", "selectors", "targets",
+                                                "n", "model", "seed", "method"))
+    check_stage(cfg.train, "train", skip=TRAIN_OWNED)
+    check_stage(cfg.eval, "eval", skip=EVAL_OWNED)
+    check_task("target", cfg.target, cfg.target_kwargs, "target_kwargs", cfg.seed)
+    for t in cfg.distractors:
+        check_task("distractors", t, cfg.distractor_kwargs.get(task_name(t), {}), "distractor_kwargs", cfg.seed)
+    check_model("model", cfg.model)
 
 
 def target_share(rows: list[SFTExample], task_of: dict[str, str], target: str) -> float:
@@ -137,7 +152,7 @@ def run(cfg: StudySelectionConfig) -> dict:
     from .select import run_select
     from .study import rg_problems, sample_and_verify, train_and_evaluate
 
-    _check(cfg)
+    check(cfg)
     r = Run(cfg.run_dir)
     d = r.dir
     save_yaml(d / "recipe.yaml", {"pipeline": "study-selection", **to_mapping(cfg)})

@@ -413,8 +413,7 @@ def _check_done(cfg: VerifyConfig, done: list[Verdict], numbered: list[tuple[int
 
 
 def cli_run(cfg: VerifyConfig) -> int:
-    from tqdm import tqdm
-
+    from .progress import bar as progress_bar
     from .verify_pool import iter_verdicts
 
     problems = read_problems(cfg.problems)
@@ -434,7 +433,7 @@ def cli_run(cfg: VerifyConfig) -> int:
         # Written in input order (a short reorder buffer) so reruns give byte-identical files.
         buffer: dict[int, Verdict] = {}
         next_i = 0
-        with tqdm(total=len(samples), initial=len(samples) - len(todo), desc="verify", unit="sample") as bar:
+        with progress_bar(len(samples), "verify", "sample", initial=len(samples) - len(todo)) as bar:
             for i, v in iter_verdicts(problems, todo, cfg):
                 buffer[i] = _stamped(v, todo[i], by_id, cfg)
                 bar.update(1)

@@ -153,10 +153,10 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
         generator = factory(cfg.model, dtype=cfg.dtype, device=cfg.device, max_batch=cfg.max_batch,
                             trust_remote_code=cfg.trust_remote_code, base_url=cfg.base_url,
                             cache=str(cfg.out) + ".api_cache.jsonl")
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     t0 = time.perf_counter()
-    bar = tqdm(total=todo, desc="sample", unit="sample", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(todo, "sample", "sample", enabled=progress)
     try:
         for g in generator.generate(groups, decoding):
             writer.write(Sample(problem_id=g.problem_id, sample_index=g.sample_index, model=cfg.model,
