@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+
+from assay import models
+from assay.io import read_records
+from assay.records import Sample, Verdict
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +24,6 @@ def smol():
 
 
 def test_embedded_model_resolves_to_cached_safetensors(smol):
-    from pathlib import Path
-
-    from assay import models
-
     path = Path(models.resolve("smollm2-135m-instruct"))
     assert (path / "model.safetensors").exists() and (path / "ASSAY_SOURCE").exists()
     s = models.stats_for("smollm2-135m-instruct")
@@ -64,12 +65,29 @@ def test_quickstart_full_loop_reduced(tmp_path):
     assert list(stages) == ["heldout", "pool", "eval_base", "sample", "verify", "pool_stats", "select", "train",
                             "eval_trained"]
     assert all(s["status"] == "done" for s in stages.values())
-    assert stages["sample"]["flops"] > 0 and stages["train"]["flops"] > 0 and stages["eval_base"]["flops"] > 0
-    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    samples = read_records(run / "samples.jsonl", Sample)
     pool = (run / "pool.jsonl").read_text().splitlines()
-    assert len(samples) == 2 * len(pool) and all(s["model"] == "smollm2-135m-instruct" for s in samples)
+    assert len(samples) == 2 * len(pool) and all(s.model == "smollm2-135m-instruct" for s in samples)
+    # Each sample's FLOPs: its half of the shared prompt's forward pass plus its own decode steps;
+    # the stage records their sum.
+    stats = models.stats_for("smollm2-135m-instruct")
+    for x in samples:
+        expect = models.forward_flops(stats, x.prompt_tokens) / 2 + \
+            models.forward_flops(stats, max(0, x.completion_tokens - 1), context_before=x.prompt_tokens)
+        assert x.flops == pytest.approx(expect, rel=1e-9)
+    assert stages["sample"]["flops"] == pytest.approx(sum(x.flops for x in samples), rel=1e-12)
+    summary = json.loads((run / "trained" / "train_summary.json").read_text())
+    log = [json.loads(line) for line in (run / "trained" / "train_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 3 and [r["step"] for r in log] == [1, 2, 3]
+    assert stages["train"]["flops"] == summary["flops"] == log[-1]["flops"]
     base = json.loads((run / "eval_base" / "result.json").read_text())
     trained = json.loads((run / "eval_trained" / "result.json").read_text())
+    assert stages["eval_base"]["flops"] == base["flops"] == pytest.approx(
+        sum(x.flops for x in read_records(run / "eval_base" / "greedy.samples.jsonl", Sample)), rel=1e-12)
+    for result, folder in ((base, "eval_base"), (trained, "eval_trained")):
+        v = read_records(run / folder / "greedy.verdicts.jsonl", Verdict)
+        assert len(v) == result["protocol"]["n_problems"] == 16 - _repeats(run / "heldout.jsonl")
+        assert result["metrics"]["greedy_pass@1"] == sum(x.correct for x in v) / len(v)
     assert base["protocol"]["protocol_id"] == trained["protocol"]["protocol_id"]
     assert trained["model"] == str(run / "trained") and (run / "trained" / "model.safetensors").exists()
     report = (run / "report.md").read_text()
@@ -78,6 +96,20 @@ def test_quickstart_full_loop_reduced(tmp_path):
     assert main(args) == 0
     assert len((run / "samples.jsonl").read_text().splitlines()) == len(samples)
     assert json.loads((run / "manifest.json").read_text())["stages"]["train"]["finished"] == stages["train"]["finished"]
+
+
+def _repeats(problems_file) -> int:
+    """Rows a distinct problem set dropped as repeated questions (kept + repeats = rows asked for)."""
+    rej = Path(str(problems_file) + ".rejected.jsonl")
+    return len(rej.read_text().splitlines()) if rej.exists() else 0
+
+
+def _assert_within_one_sample_of_the_budget(run, tag: str, study: dict, budget: float) -> None:
+    kept = read_records(run / f"{tag}.samples.jsonl", Sample)
+    over = [json.loads(line) for line in (run / f"{tag}.samples.jsonl.over_budget.jsonl").read_text().splitlines()]
+    realized = study[tag]["budget"]["realized_flops"]
+    assert realized == pytest.approx(sum(x.flops for x in kept), rel=1e-12)
+    assert realized <= budget and over and budget - realized < over[0]["flops"]
 
 
 def test_gemma_from_chunk_packages_matches_generate():
@@ -102,9 +134,11 @@ def test_study_sampling_real_models_reduced(tmp_path):
     f_wc, f_se = study["WC"]["budget"]["realized_flops"], study["SE"]["budget"]["realized_flops"]
     assert study["WC"]["model"] == "smollm2-135m-instruct" and study["SE"]["model"] == "gemma3-270m"
     assert abs(f_wc - f_se) / f_se < 0.05
-    plan = json.loads((run / "plan.json").read_text())["arms"]
+    plan = json.loads((run / "plan.json").read_text())
+    for tag in ("WC", "SE"):
+        _assert_within_one_sample_of_the_budget(run, tag, study, plan["budget_flops"])
     # The plan gives the cheaper model more samples (realized counts follow the realized lengths).
-    assert plan["smollm2-135m-instruct"]["k_planned"] > plan["gemma3-270m"]["k_planned"]
+    assert plan["arms"]["smollm2-135m-instruct"]["k_planned"] > plan["arms"]["gemma3-270m"]["k_planned"] == 2
 
 
 def test_study_curation_real_model_reduced(tmp_path):
@@ -116,7 +150,14 @@ def test_study_curation_real_model_reduced(tmp_path):
                  "train_steps=2", "sample_max_new_tokens=32", "eval.max_new_tokens=32"]) == 0
     study = json.loads((run / "study.json").read_text())
     assert [f["step"] for f in study["funnel"]] == ["input", "difficulty", "decontaminate", "dedup", "rubric", "diverse"]
-    assert study["results"]["base"]["greedy_pass@1"] >= 0
+    # Every step's counts are the rows of its kept and rejected files, and each step starts from the last one's kept.
+    funnel = study["funnel"]
+    for i, f in enumerate(funnel[1:], start=1):
+        tag = run / "curated" / f"{i:02d}_{f['step']}"
+        kept = len(Path(f"{tag}.kept.jsonl").read_text().splitlines())
+        dropped = len(Path(f"{tag}.rejected.jsonl").read_text().splitlines())
+        assert (f["kept"], f["dropped"]) == (kept, dropped) and kept + dropped == funnel[i - 1]["kept"]
+    _assert_base_is_its_verdicts(run, study["results"]["base"])
     trained = [k for k, v in study["results"].items() if k != "base" and "skipped" not in v]
     assert "random-4N" in trained and all(study["results"][k]["steps"] == 2 for k in trained)
     assert (run / "curated" / "01_difficulty.rejected.jsonl").exists() and "Curation funnel" in (run / "report.md").read_text()
@@ -133,7 +174,19 @@ def test_study_selection_real_model_reduced(tmp_path):
                  "gradient.dim=1024", "gradient.max_length=128"]) == 0
     study = json.loads((run / "study.json").read_text())
     res = study["results"]
-    assert res["base"]["greedy_pass@1"] >= 0 and res["target-only-N"]["target_share"] == 1.0
+    _assert_base_is_its_verdicts(run, res["base"])
+    assert res["target-only-N"]["target_share"] == 1.0
     assert res["gradient-N"]["examples"] == 3 and res["gradient-N"]["steps"] == 2
-    assert study["gradient_cost"]["feature_flops"] > 0 and "chain_sum" in study["scores_by_task"]
+    # LESS's cost: one gradient per candidate and target at each of the 2 warmup checkpoints, plus the warmup run.
+    cost = study["gradient_cost"]
+    warmup = json.loads((run / "gradient-N.sft.jsonl.gradient" / "warmup" / "train_summary.json").read_text())
+    assert cost["checkpoints"] == 2 and cost["gradients"] == 2 * (study["pool"]["candidates"] + study["n_targets"])
+    assert cost["warmup_flops"] == warmup["flops"] and cost["flops"] == cost["warmup_flops"] + cost["feature_flops"]
+    assert "chain_sum" in study["scores_by_task"]
     assert "Gradient selection cost" in (run / "report.md").read_text()
+
+
+def _assert_base_is_its_verdicts(run, base: dict) -> None:
+    v = read_records(run / "eval.base" / "greedy.verdicts.jsonl", Verdict)
+    assert len(v) == 16 - _repeats(run / "heldout.jsonl")
+    assert base["greedy_pass@1"] == sum(x.correct for x in v) / len(v)

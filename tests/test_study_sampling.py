@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+
+from assay.io import InputError, read_records
+from assay.plan import Arm, samples_for_budget
+from assay.records import Problem, Sample, Verdict
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +45,24 @@ def test_study_matches_realized_flops_and_writes_report(two_tiny, tmp_path):
     assert main(args) == 0
     study = json.loads((run / "study.json").read_text())
     plan = json.loads((run / "plan.json").read_text())
+    arms = {m: Arm(**{k: v for k, v in plan["arms"][m].items() if k != "k_planned"}) for m in (wc, se)}
+    # The budget is what k_se=2 SE samples cost per problem; each arm gets the most samples that fit it.
+    assert plan["budget_flops"] == pytest.approx(arms[se].flops_per_problem(2) * plan["problems"], rel=1e-12)
+    for m in (wc, se):
+        assert plan["arms"][m]["k_planned"] == samples_for_budget(arms[m], plan["budget_flops"], plan["problems"])
     k_wc, k_se = (plan["arms"][m]["k_planned"] for m in (wc, se))
     assert k_se == 2 and k_wc > k_se  # the cheaper model gets more samples
+    for tag in ("WC", "SE"):
+        kept = read_records(run / f"{tag}.samples.jsonl", Sample)
+        over = [json.loads(line) for line in (run / f"{tag}.samples.jsonl.over_budget.jsonl").read_bytes().splitlines()]
+        realized = study[tag]["budget"]["realized_flops"]
+        # Realized FLOPs are the kept samples' own, within the budget by less than the first sample left out.
+        assert realized == pytest.approx(sum(x.flops for x in kept), rel=1e-12)
+        assert realized <= plan["budget_flops"] and over and plan["budget_flops"] - realized < over[0]["flops"]
+        ok = {(v.problem_id, v.sample_index): v.correct for v in read_records(run / f"{tag}.verdicts.jsonl", Verdict)}
+        assert study[tag]["accuracy"] == sum(ok[(x.problem_id, x.sample_index)] for x in kept) / len(kept)
     f_wc, f_se = study["WC"]["budget"]["realized_flops"], study["SE"]["budget"]["realized_flops"]
-    assert abs(f_wc - f_se) / f_se < 0.05 and max(f_wc, f_se) <= plan["budget_flops"]
+    assert abs(f_wc - f_se) / f_se < 0.05
     assert (run / "WC.audit.csv").exists() and (run / "SE.audit.csv").exists()
     report = (run / "report.md").read_text()
     assert "coverage@k" in report and "FLOPs ratio WC / SE" in report and (run / "plot_coverage_diversity.png").exists()
@@ -61,17 +80,23 @@ def test_study_with_llm_judge_and_students(two_tiny, tmp_path):
     base = dict(wc=wc, se=se, problems=6, k_se=1, completion_tokens=8, max_new_tokens=6, judge=wc, train=True,
                 heldout=4, student_train=TrainConfig(max_steps=1, batch_size=2))
     # The tiny models solve nothing: with the default selection there is nothing to train on,
-    # and the study says so instead of training on nothing.
-    with pytest.raises(Exception, match="no training examples"):
+    # and the study says so (at the first setup's SFT file) instead of training on nothing.
+    first = tmp_path / "s" / "knowledge_distillation.sft.jsonl"
+    with pytest.raises(InputError, match=re.escape(f"{first}: no training examples")):
         run(StudySamplingConfig(run_dir=str(tmp_path / "s"), **base))
     # Random selection exercises the three student setups end to end.
     results = run(StudySamplingConfig(run_dir=str(tmp_path / "r"), student_selectors=["random:4"], **base))
     assert set(results["students"]) == {"knowledge_distillation", "self_improvement", "weak_to_strong"}
     assert results["students"]["weak_to_strong"]["student"] == se
     assert results["students"]["knowledge_distillation"]["data"] == "SE"
+    n_held = len(read_records(tmp_path / "r" / "heldout.jsonl", Problem))
     for setup in results["students"]:
         assert (tmp_path / "r" / f"{setup}.student" / "train_summary.json").exists()
-        assert 0.0 <= results["students"][setup]["after"] <= 1.0
+        # Before and after are the greedy accuracies in the evaluations' own verdict files.
+        for when in ("before", "after"):
+            folder = tmp_path / "r" / f"eval.{setup}.{'base' if when == 'before' else 'trained'}"
+            v = read_records(folder / "greedy.verdicts.jsonl", Verdict)
+            assert len(v) == n_held and results["students"][setup][when] == sum(x.correct for x in v) / len(v)
     # No answer-correct samples, so the LLM judge had nothing to judge: FPR undefined, n = 0.
     assert results["WC"]["fpr"]["judged"] == 0 and results["WC"]["fpr"]["fpr"] is None
 
@@ -100,9 +125,6 @@ def test_study_killed_mid_sampling_resumes_without_duplicates(two_tiny, tmp_path
     assert not (run / "study.json").exists()
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    from assay.io import read_records
-    from assay.records import Sample
-
     # Not str.splitlines: random tiny-model text contains characters it treats as line breaks.
     keys = [(r.problem_id, r.sample_index) for r in read_records(raw, Sample)]
     assert len(keys) == len(set(keys))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from assay.io import InputError
-from assay.records import SFTExample
+from assay.io import InputError, read_records
+from assay.records import Problem, SFTExample
 
 
 def _row(pid: str) -> SFTExample:
@@ -66,14 +66,28 @@ def test_study_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert set(res) == {"base", "gradient-N", "random-N", "target-only-N", "curated-N"}
     for name in ("gradient-N", "random-N", "target-only-N"):
         assert res[name]["examples"] == 4 and res[name]["steps"] == 2, name
+    # Each set's target share is the fraction of its rows whose problem is a chain_sum problem of the pool.
+    task_of = {p.id: p.source for p in read_records(run / "pool.jsonl", Problem)}
+    for name in res:
+        if name != "base":
+            rows = read_records(run / ("curated/sft.jsonl" if name == "curated-N" else f"{name}.sft.jsonl"), SFTExample)
+            hits = sum(task_of[r.problem_id] == "reasoning_gym:chain_sum" for r in rows)
+            assert res[name]["examples"] == len(rows), name  # an empty set is reported, not trained
+            assert res[name]["target_share"] == (hits / len(rows) if rows else 0.0), name
     assert res["target-only-N"]["target_share"] == 1.0
-    assert 0.0 <= res["random-N"]["target_share"] <= 1.0
     assert "vs_random-N" in res["gradient-N"] and "vs_random-N" not in res["random-N"]
     # One candidate per problem; decontamination dropped some of the 30 + 8 problems, each with its reason.
     dropped = [json.loads(line) for line in (run / "pool.decontaminated.jsonl").read_bytes().splitlines()]
     assert dropped and all(d["reason"].startswith("same question as held-out problem") for d in dropped)
-    raw = sum(len((run / f"pool.raw.{t}.jsonl").read_bytes().splitlines()) for t in ("chain_sum", "gcd"))
-    assert raw <= 38 and study["pool"]["candidates"] == study["pool"]["problems"] == raw - len(dropped)
+    raw = 0
+    for t, asked in (("chain_sum", 30), ("gcd", 8)):
+        kept = len((run / f"pool.raw.{t}.jsonl").read_bytes().splitlines())
+        rej = run / f"pool.raw.{t}.jsonl.rejected.jsonl"
+        # Every row asked for is either kept or rejected as a repeat, with its reason.
+        repeats = [json.loads(line) for line in rej.read_bytes().splitlines()] if rej.exists() else []
+        assert kept + len(repeats) == asked, t
+        raw += kept
+    assert study["pool"]["candidates"] == study["pool"]["problems"] == raw - len(dropped)
     assert set(study["scores_by_task"]) == {"chain_sum", "gcd"}
     assert sum(v["candidates"] for v in study["scores_by_task"].values()) == study["pool"]["candidates"]
     cost = study["gradient_cost"]
