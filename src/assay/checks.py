@@ -122,10 +122,9 @@ def _sample(c, k, skip, files):
     if "model" not in skip and c.backend == "hf":
         check_model(k("model"), c.model)
     if files:
-        from .io import read_records
-        from .records import Problem
+        from .io import read_problems
 
-        if not read_records(c.problems, Problem):
+        if not read_problems(c.problems):
             raise InputError(f"{c.problems}: no problems in it (the file is empty); nothing to sample")
 
 
