@@ -188,3 +188,12 @@ def test_cli_bad_problems_file_exits_2(tmp_path, capsys):
     assert main(["sample", "--problems", str(bad), "--out", str(tmp_path / "s.jsonl")]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2:" in err and "question" in err
+
+
+def test_sampling_an_empty_problems_file_is_an_error_not_zero_samples(tmp_path):
+    from assay.generate.runner import SampleConfig, run_sampling
+    from assay.io import InputError
+
+    (tmp_path / "p.jsonl").write_text("")
+    with pytest.raises(InputError, match=r"p.jsonl: no problems in it"):
+        run_sampling(SampleConfig(problems=str(tmp_path / "p.jsonl"), out=str(tmp_path / "s.jsonl"), model="unused"))

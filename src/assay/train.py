@@ -36,6 +36,7 @@ from .config import opt, save_yaml, to_mapping
 from .identity import FileHashes, check_identity, load_record, model_identity, short_hash, world_size
 from .io import InputError, read_records, write_json
 from .models import DEFAULT_MODEL, sha256_of
+from .progress import interactive
 from .records import SFTExample
 
 METHODS = ("lora", "full")
@@ -285,7 +286,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}), logging_steps=cfg.logging_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.keep_checkpoints or None, report_to="none",
         max_length=cfg.max_length, completion_only_loss=True, packing=False,
-        disable_tqdm=not progress, dataset_num_proc=None, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not (progress and interactive()), dataset_num_proc=None, use_cpu=not torch.cuda.is_available(),
     )
     meter = _Meter(stats_for(cfg.model), cfg.method, n_lora, cfg.gradient_checkpointing)
     trainer = _trainer_class(meter)(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok)

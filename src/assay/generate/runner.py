@@ -129,6 +129,8 @@ def _check_resume(existing: list[Sample], cfg: SampleConfig, decoding: Decoding,
 def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progress: bool = True) -> dict:
     """Sample what is missing from ``cfg.out``; returns a summary of this invocation."""
     all_problems = read_problems(cfg.problems)
+    if not all_problems:
+        raise InputError(f"{cfg.problems}: no problems in it (the file is empty); nothing to sample")
     problems = select_problems(all_problems, cfg.limit, cfg.shard)
     if cfg.n < 1:
         raise InputError(f"n={cfg.n}: need at least one sample per problem")
