@@ -32,12 +32,12 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from assay import models
-    from assay.gradsel import BlockProjector, SparseSignProjector, adam_precondition, lora_gradient
+    from assay.select.less import BlockProjector, SparseSignProjector, adam_precondition, lora_gradient
 
     model, _ = models.load(args.model)
     model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear"))
     if args.checkpointing:
-        from assay.gradsel import enable_checkpointing
+        from assay.select.less import enable_checkpointing
 
         enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -21,8 +21,8 @@ import time
 import torch
 
 from assay import models
-from assay.generate.engine import ContinuousBatcher, GroupRequest
-from assay.prompts import TEMPLATES, render_ids
+from assay.data.prompts import TEMPLATES, render_ids
+from assay.sampling.engine import ContinuousBatcher, GroupRequest
 
 
 def load(spec: str):

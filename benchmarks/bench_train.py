@@ -36,8 +36,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from assay.io import write_records
-from assay.records import SFTExample
+from assay.core.io import write_records
+from assay.core.records import SFTExample
 from assay.train import METHODS, TrainConfig, run_training
 
 LR = {"lora": 2e-4, "full": 1e-4}

@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from assay.records import Problem, Sample
-from assay.verify import VerifyConfig, clean_answer, extract_boxed, verify_samples
+from assay.core.records import Problem, Sample
+from assay.verify.extract import clean_answer, extract_boxed
+from assay.verify.stage import VerifyConfig, verify_samples
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = REPO / ".." / "shared" / "data" / "math500" / "test.jsonl"

@@ -128,7 +128,7 @@ def test_unknown_command_is_one_line(capsys):
 
 def test_hub_id_unreachable_names_the_spec_offline_and_without_network(monkeypatch):
     from assay import models
-    from assay.io import InputError
+    from assay.core.io import InputError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models._check_hub_id.cache_clear()
@@ -165,9 +165,8 @@ def test_hub_id_unreachable_names_the_spec_offline_and_without_network(monkeypat
 
 def test_recipe_with_a_typo_in_a_late_section_fails_before_the_first_stage(tmp_path, capsys):
     """The quickstart's train section is used by its 8th stage; the typo stops the run at once."""
-    from assay.quickstart import QuickstartConfig, run
-
-    from assay.io import InputError
+    from assay.core.io import InputError
+    from assay.studies.quickstart import QuickstartConfig, run
 
     cfg = QuickstartConfig(run_dir=str(tmp_path / "qs"))
     cfg.train.method = "lorra"

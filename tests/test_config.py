@@ -7,8 +7,8 @@ from typing import Optional
 
 import pytest
 
-from assay.config import from_mapping, opt, parse_overrides
-from assay.io import InputError
+from assay.core.config import from_mapping, opt, parse_overrides
+from assay.core.io import InputError
 
 
 @dataclass

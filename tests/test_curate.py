@@ -6,10 +6,23 @@ import json
 
 import pytest
 
-from assay.curate import (CurateConfig, Item, clusters, decontaminate, dedup, difficulty, diverse, load_keywords,
-                          ngrams, rubric, rubric_scores, run_curation, words)
-from assay.io import InputError, read_records, write_records
-from assay.records import Problem, Sample, SFTExample, Verdict
+from assay.core.io import InputError, read_records, write_records
+from assay.core.records import Problem, Sample, SFTExample, Verdict
+from assay.select.curate import (
+    CurateConfig,
+    Item,
+    clusters,
+    decontaminate,
+    dedup,
+    difficulty,
+    diverse,
+    load_keywords,
+    ngrams,
+    rubric,
+    rubric_scores,
+    run_curation,
+    words,
+)
 
 
 def P(i, q, **meta):

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from assay import models
-from assay.generate import SampleConfig, run_sampling
-from assay.generate.engine import ContinuousBatcher, GroupRequest
-from assay.generate.hf import HFGenerator
-from assay.io import InputError, read_records, write_records
-from assay.records import Problem, Sample
+from assay.core.io import InputError, read_records, write_records
+from assay.core.records import Problem, Sample
+from assay.sampling import SampleConfig, run_sampling
+from assay.sampling.engine import ContinuousBatcher, GroupRequest
+from assay.sampling.hf import HFGenerator
 
 QUESTIONS = ["What is 12 + 7?", "Tom has 3 apples and buys 5 more. How many apples does he have?",
              "Calculate 5 - 3 - 6.", "What is 9 * 8? Please reason step by step.", "4 - 1 - 7 ="]
@@ -146,7 +146,7 @@ def test_runner_writes_records_and_resumes(tiny, tiny_model_dir, tmp_path):
 
 
 def test_sharding_partitions_problems(tmp_path):
-    from assay.generate.runner import select_problems
+    from assay.sampling.runner import select_problems
 
     ps = [Problem(id=str(i), question="q", answer="1", source="t") for i in range(7)]
     shards = [select_problems(ps, None, f"{i}/3") for i in range(3)]
@@ -191,8 +191,8 @@ def test_cli_bad_problems_file_exits_2(tmp_path, capsys):
 
 
 def test_sampling_an_empty_problems_file_is_an_error_not_zero_samples(tmp_path):
-    from assay.generate.runner import SampleConfig, run_sampling
-    from assay.io import InputError
+    from assay.core.io import InputError
+    from assay.sampling.runner import SampleConfig, run_sampling
 
     (tmp_path / "p.jsonl").write_text("")
     with pytest.raises(InputError, match=r"p.jsonl: no problems in it"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from assay.gradsel import BlockProjector, adam_precondition, less_scores, lora_gradient, top_indices
+from assay.select.less import BlockProjector, adam_precondition, less_scores, lora_gradient, top_indices
 
 
 def test_projection_preserves_inner_products_within_jl_bound():
@@ -74,7 +74,7 @@ def test_selection_finds_planted_near_copies_of_the_target():
 
 
 def test_sparse_projection_preserves_inner_products():
-    from assay.gradsel import SparseSignProjector
+    from assay.select.less import SparseSignProjector
 
     rng = np.random.default_rng(2)
     D, d, n = 20000, 2048, 12
@@ -89,7 +89,7 @@ def test_feature_store_resumes_without_recomputing(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from assay.gradsel import FeatureStore, SparseSignProjector, extract_features
+    from assay.select.less import FeatureStore, SparseSignProjector, extract_features
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
@@ -108,9 +108,9 @@ def test_feature_store_resumes_without_recomputing(tiny_model_dir, tmp_path):
 
 
 def test_select_method_gradient_end_to_end_finds_planted_copies(tiny_model_dir, tmp_path):
-    from assay.io import read_records, write_records
-    from assay.records import Problem, Sample, SFTExample
-    from assay.select import SelectConfig, run_select
+    from assay.core.io import read_records, write_records
+    from assay.core.records import Problem, Sample, SFTExample
+    from assay.select.stage import SelectConfig, run_select
 
     words_ = ["apple", "river", "stone", "cloud", "seven", "green", "house", "light", "music", "paper"]
     probs = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i), "t") for i in range(16)]
@@ -145,7 +145,7 @@ def test_checkpointed_gradient_equals_plain(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from assay.gradsel import enable_checkpointing
+    from assay.select.less import enable_checkpointing
 
     def make():
         torch.manual_seed(0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from assay.io import InputError
-from assay.judge import (Judgment, LLMJudge, export_audit, false_positive_rate, import_audit, parse_verdict)
+from assay.core.io import InputError
+from assay.verify.judge import Judgment, LLMJudge, export_audit, false_positive_rate, import_audit, parse_verdict
 
 # (judge output, expected verdict): what small and large judges actually write.
 PARSE_TABLE = [
@@ -66,7 +66,7 @@ class _ScriptedGenerator:
         self.texts, self.calls = texts, 0
 
     def generate(self, groups, decoding):
-        from assay.generate.base import Generated
+        from assay.sampling.base import Generated
 
         for i, g in enumerate(groups):
             self.calls += 1
@@ -84,7 +84,7 @@ def test_llm_judge_parses_and_caches(tmp_path):
 
 
 def test_llm_judge_on_tiny_model_end_to_end(tiny_model_dir, tmp_path):
-    from assay.generate.hf import HFGenerator
+    from assay.sampling.hf import HFGenerator
 
     gen = HFGenerator(str(tiny_model_dir), max_batch=4)
     js = LLMJudge(gen, "tiny", max_new_tokens=6, cache=tmp_path / "c.jsonl").judge(_items(2))

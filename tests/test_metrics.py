@@ -10,9 +10,10 @@ from fractions import Fraction
 import pytest
 import yaml
 
-from assay.config import add_config_args, config_from_args
-from assay.io import InputError, write_records
-from assay.metrics import (
+from assay.core.config import add_config_args, config_from_args
+from assay.core.io import InputError, write_records
+from assay.core.records import Problem, Sample, Verdict
+from assay.eval.metrics import (
     StatsConfig,
     cli_run,
     compute_stats,
@@ -22,7 +23,6 @@ from assay.metrics import (
     normalize_text,
     pass_at_k,
 )
-from assay.records import Problem, Sample, Verdict
 
 
 def sample(pid: str, i: int, text: str = "", tokens: int = 10, flops: float = 100.0, **kw) -> Sample:

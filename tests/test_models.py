@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from assay.io import InputError
+from assay.core.io import InputError
 from assay.models import EMBEDDED, assemble_chunks
 
 

@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from assay.generate.base import Decoding, PromptGroup
-from assay.generate.openai_api import APIError, OpenAIGenerator
+from assay.sampling.base import Decoding, PromptGroup
+from assay.sampling.openai_api import APIError, OpenAIGenerator
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    from assay.serve import ServeConfig, make_server
+    from assay.sampling.serve import ServeConfig, make_server
 
     srv = make_server(ServeConfig(model=str(tiny_model_dir), name="tiny", port=0, max_batch=8))
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -34,7 +34,7 @@ def _groups(n_problems=3, k=2):
 
 
 def test_greedy_through_the_api_equals_the_local_backend(server, tiny_model_dir):
-    from assay.generate.hf import HFGenerator
+    from assay.sampling.hf import HFGenerator
 
     dec = Decoding(temperature=0.0, max_new_tokens=10)
     remote = {(g.problem_id, g.sample_index): g for g in OpenAIGenerator("tiny", base_url=server).generate(_groups(), dec)}
@@ -228,8 +228,8 @@ def test_retries_with_backoff_then_succeeds_and_sends_key_only_in_header(monkeyp
 def test_assay_serve_cli_and_sample_through_it(tiny_model_dir, tmp_path):
     """`assay serve` in its own process, `assay sample --backend openai` against it, resumable."""
     from assay.cli import main
-    from assay.io import read_records, write_records
-    from assay.records import Problem, Sample
+    from assay.core.io import read_records, write_records
+    from assay.core.records import Problem, Sample
 
     proc = subprocess.Popen([sys.executable, "-m", "assay.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
                              "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -253,8 +253,8 @@ def test_assay_serve_cli_and_sample_through_it(tiny_model_dir, tmp_path):
 
 def test_judge_command_through_the_openai_backend(server, tmp_path):
     from assay.cli import main
-    from assay.io import write_records
-    from assay.records import Problem, Sample, Verdict
+    from assay.core.io import write_records
+    from assay.core.records import Problem, Sample, Verdict
 
     write_records(tmp_path / "p.jsonl", [Problem("a", "1 + 1 =", "2", "t")])
     write_records(tmp_path / "s.jsonl", [Sample("a", 0, "m", "plain-v1", "1 + 1 = 2", 3, 4, 1.0, "stop", {}, 0)])

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from assay.io import InputError, read_records, write_records
-from assay.plan import Arm, paper_k, parse_budget, plan, samples_for_budget
-from assay.records import Problem, Sample
+from assay.core.io import InputError, read_records, write_records
+from assay.core.records import Problem, Sample
+from assay.sampling.plan import Arm, paper_k, parse_budget, plan, samples_for_budget
 
 
 def test_paper_rule_without_prompts_is_exact():
@@ -48,14 +48,14 @@ def test_dollar_budgets_and_parsing():
 
 
 def test_sample_with_budget_realizes_it_within_one_sample(tiny_model_dir, tmp_path):
-    from assay.generate import SampleConfig
-    from assay.generate.budget import run_budgeted
+    from assay.sampling import SampleConfig
+    from assay.sampling.budget import run_budgeted
 
     probs = [Problem(f"q{i}", f"What is {i} + {i}?", str(2 * i), "t") for i in range(6)]
     write_records(tmp_path / "p.jsonl", probs)
     base = dict(problems=str(tmp_path / "p.jsonl"), model=str(tiny_model_dir), temperature=1.0, max_new_tokens=12,
                 max_batch=8)
-    from assay.generate import run_sampling
+    from assay.sampling import run_sampling
 
     # Calibrate with a pilot: the mean FLOPs of one sample.
     run_sampling(SampleConfig(out=str(tmp_path / "pilot.jsonl"), n=2, **base), progress=False)

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from assay import cli
-from assay.io import InputError, read_records
-from assay.problems import ProblemsConfig, cli_run, load_problems, source_kind
-from assay.records import Problem
-from assay.sources import (
+from assay.core.io import InputError, read_records
+from assay.core.records import Problem
+from assay.data.problems import ProblemsConfig, cli_run, load_problems, source_kind
+from assay.data.sources import (
     SOURCES,
     check_expression_label,
     check_label,
@@ -292,7 +292,7 @@ def test_hf_local_folder(tmp_path):
 def test_mixed_output_loads_with_datasets(tmp_path):
     from datasets import load_dataset
 
-    from assay.io import write_records
+    from assay.core.io import write_records
 
     mixed = load("rg:chain_sum", size=5, seed=0) + load(str(FIXTURES / "problems_generic.jsonl"),
                                                         question_field="prompt", answer_field="target")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from assay.progress import LineProgress, bar, quiet_library_bars
+from assay.core.progress import LineProgress, bar, quiet_library_bars
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "assay"
 
@@ -82,8 +82,8 @@ def test_library_bars_are_off_off_terminal_and_the_environment_is_restored(monke
 
 def test_piped_training_log_has_no_carriage_returns(tiny_model_dir, tmp_path):
     """`assay train` with its output in a pipe: the HF Trainer's bar is off, its log lines remain."""
-    from assay.io import write_records
-    from assay.records import SFTExample
+    from assay.core.io import write_records
+    from assay.core.records import SFTExample
 
     rows = [SFTExample(f"p{i}/0", [{"role": "user", "content": f"{i} + 1 ="}, {"role": "assistant", "content": str(i + 1)}],
                        f"p{i}", 0, "m", "plain-v1", 2, "t") for i in range(4)]
@@ -99,7 +99,7 @@ def test_piped_training_log_has_no_carriage_returns(tiny_model_dir, tmp_path):
 
 
 def test_no_module_draws_its_own_tqdm_bar():
-    """Every bar goes through assay.progress, so none writes carriage returns into a log."""
+    """Every bar goes through assay.core.progress, so none writes carriage returns into a log."""
     offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p.name != "progress.py"
                  and re.search(r"^\s*(from tqdm|import tqdm)", p.read_text(encoding="utf-8"), re.M)]
     assert offenders == []
@@ -107,10 +107,10 @@ def test_no_module_draws_its_own_tqdm_bar():
 
 def test_sampling_and_verification_write_lines_to_a_piped_stderr(tmp_path, capsys):
     """The real stages, with stderr captured (not a terminal): plain lines, no carriage returns."""
-    from assay import verify
-    from assay.generate import Generated, SampleConfig, run_sampling
-    from assay.io import write_records
-    from assay.records import Problem
+    from assay.core.io import write_records
+    from assay.core.records import Problem
+    from assay.sampling import Generated, SampleConfig, run_sampling
+    from assay.verify import stage as verify
 
     class Scripted:
         def generate(self, groups, decoding):

@@ -57,8 +57,8 @@ def test_quickstart_killed_twice_resumes_to_the_same_result(tiny_model_dir, tmp_
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sample: done already" in out.stdout and "base greedy pass@1" in out.stdout
-    from assay.io import read_records
-    from assay.records import Problem, Sample
+    from assay.core.io import read_records
+    from assay.core.records import Problem, Sample
 
     # Not str.splitlines: random tiny-model text contains characters it treats as line breaks.
     keys = [(r.problem_id, r.sample_index) for r in read_records(samples, Sample)]
@@ -76,7 +76,7 @@ def test_quickstart_killed_twice_resumes_to_the_same_result(tiny_model_dir, tmp_
 
 def test_run_recipe_with_overrides_saves_resolved_yaml(tiny_model_dir, tmp_path):
     from assay.cli import main
-    from assay.config import load_yaml
+    from assay.core.config import load_yaml
 
     run = tmp_path / "r"
     repo = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from assay.cli import main
-from assay.io import read_records, write_records
-from assay.records import Problem, Sample, Verdict
+from assay.core.io import read_records, write_records
+from assay.core.records import Problem, Sample, Verdict
 
 QUESTIONS = ["What is 12 + 7?", "Tom has 3 apples and buys 5 more. How many?", "Calculate 5 - 3 - 6.",
              "What is 9 * 8?"]
@@ -149,7 +149,7 @@ def test_verify_resume_refuses_a_changed_reference_and_an_orphan_verdict(tmp_pat
 
 
 def test_verify_resume_refuses_verdicts_of_another_scorer_version(tmp_path, capsys, monkeypatch):
-    from assay import verify
+    from assay.verify import stage as verify
 
     args = _verify_files(tmp_path)
     assert main(args) == 0

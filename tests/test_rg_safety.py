@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from assay import sandbox, verify_rg
-from assay.io import InputError
-from assay.records import Problem, Sample
-from assay.verify import VERIFIERS, ReasoningGymVerifier, VerifyConfig, verify_samples
+from assay.core.io import InputError
+from assay.core.records import Problem, Sample
+from assay.verify import rg as verify_rg
+from assay.verify import sandbox
+from assay.verify.stage import VerifyConfig, verify_samples
+from assay.verify.verifiers import VERIFIERS, ReasoningGymVerifier
 
 
 def sample(pid: str, text: str, i: int = 0) -> Sample:
@@ -95,7 +97,7 @@ _PROBE = textwrap.dedent("""
         elif event in ("open", "os.system", "subprocess.Popen") and marker in str(args[:1]):
             events.append(event + ": " + str(args[:2])[:80])
     import reasoning_gym
-    from assay import verify_rg
+    from assay.verify import rg as verify_rg
     sys.addaudithook(hook)  # records only: this probes the audit itself, without the sandbox
     report = {}
     for task, entries, payloads in json.load(open(sys.argv[2])):
@@ -310,8 +312,8 @@ def test_the_worker_fork_server_starts_without_the_parents_secrets(tmp_path):
     script.write_text(textwrap.dedent("""
         import os
         from pathlib import Path
-        from assay.records import Problem, Sample
-        from assay.verify import VerifyConfig, verify_samples
+        from assay.core.records import Problem, Sample
+        from assay.verify.stage import VerifyConfig, verify_samples
         if __name__ == "__main__":
             p = [Problem("t", "q", "1", "t")]
             s = [Sample("t", 0, "m", "t", "\\\\boxed{1}", 0, 0, 0.0, "stop", {}, 0)]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from assay.config import to_mapping
-from assay.io import InputError, write_records
-from assay.runs import Run, hash_path
+from assay.core.config import to_mapping
+from assay.core.io import InputError, write_records
+from assay.core.runs import Run, hash_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,8 +157,8 @@ def test_folder_hash_ignores_checkpoints(tmp_path):
 
 
 def test_recipe_matches_quickstart_defaults_and_takes_overrides():
-    from assay.quickstart import QuickstartConfig
-    from assay.recipes import load_recipe
+    from assay.studies.quickstart import QuickstartConfig
+    from assay.studies.recipes import load_recipe
 
     name, cfg = load_recipe(REPO / "recipes" / "quickstart.yaml")
     assert name == "quickstart"
@@ -170,8 +170,8 @@ def test_recipe_matches_quickstart_defaults_and_takes_overrides():
 
 
 def test_recipe_refuses_pipeline_owned_fields(tmp_path):
-    from assay.quickstart import resolve
-    from assay.recipes import load_recipe
+    from assay.studies.quickstart import resolve
+    from assay.studies.recipes import load_recipe
 
     _, cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", ["train.model=other"])
     with pytest.raises(InputError, match="train.model is set by the pipeline"):
@@ -183,7 +183,7 @@ def test_recipe_refuses_pipeline_owned_fields(tmp_path):
 
 def test_cli_run_dir_records_a_stage(tmp_path, monkeypatch):
     from assay.cli import main
-    from assay.records import Problem, Sample, Verdict
+    from assay.core.records import Problem, Sample, Verdict
 
     run = tmp_path / "r"
     run.mkdir()
@@ -209,8 +209,8 @@ def test_list_flags_split_on_commas():
     """Bare `list` fields given as flags become lists (a string here once became its characters)."""
     import argparse
 
-    from assay.config import add_config_args, config_from_args
-    from assay.select import SelectConfig
+    from assay.core.config import add_config_args, config_from_args
+    from assay.select.stage import SelectConfig
 
     p = argparse.ArgumentParser()
     add_config_args(p, SelectConfig)

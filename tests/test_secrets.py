@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from assay.generate.base import Decoding, PromptGroup
-from assay.generate.openai_api import APIError, OpenAIGenerator
-from assay.redact import redact_argv, redact_config, redact_text, redact_url
+from assay.core.redact import redact_argv, redact_config, redact_text, redact_url
+from assay.sampling.base import Decoding, PromptGroup
+from assay.sampling.openai_api import APIError, OpenAIGenerator
 
 SECRETS = ("hunter2pw", "qqsecret2", "toksecret3", "sigsecret4", "sk-envkey-0123456789abcdef")
 
@@ -130,8 +130,8 @@ def test_errors_never_show_url_credentials_or_the_key_even_when_echoed(recorder,
 
 
 def _problems(tmp_path: Path) -> str:
-    from assay.io import write_records
-    from assay.records import Problem
+    from assay.core.io import write_records
+    from assay.core.records import Problem
 
     write_records(tmp_path / "p.jsonl", [Problem(f"q{i}", f"{i} + 1 =", str(i + 1), "t") for i in range(2)])
     return str(tmp_path / "p.jsonl")
@@ -169,7 +169,7 @@ def test_sample_through_a_url_with_credentials_records_none_of_them(server_url, 
 
 @pytest.fixture(scope="module")
 def server_url(tiny_model_dir):
-    from assay.serve import ServeConfig, make_server
+    from assay.sampling.serve import ServeConfig, make_server
 
     srv = make_server(ServeConfig(model=str(tiny_model_dir), name="tiny", port=0, max_batch=8))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -181,8 +181,8 @@ def server_url(tiny_model_dir):
 def test_saved_configs_and_manifests_are_redacted(tmp_path, monkeypatch):
     from dataclasses import dataclass
 
-    from assay.config import opt, save_yaml
-    from assay.runs import Run, config_hash
+    from assay.core.config import opt, save_yaml
+    from assay.core.runs import Run, config_hash
 
     @dataclass
     class Cfg:

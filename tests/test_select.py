@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from assay.io import InputError, read_records, write_records
-from assay.records import Problem, Sample, SFTExample, Verdict
-from assay.select import SELECTORS, SelectConfig, build_candidates, run_pipeline, run_select
+from assay.core.io import InputError, read_records, write_records
+from assay.core.records import Problem, Sample, SFTExample, Verdict
+from assay.select.stage import SELECTORS, SelectConfig, build_candidates, run_pipeline, run_select
 
 
 def _sample(pid: str, i: int, text: str, tokens: int, finish: str = "stop") -> Sample:

@@ -17,14 +17,14 @@ import time
 
 import pytest
 
-from assay.generate.base import Generated
-from assay.io import InputError
+from assay.core.io import InputError
+from assay.sampling.base import Generated
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_model_dir):
     """A server without a key, with a short stall timeout and a small body limit."""
-    from assay.serve import ServeConfig, make_server
+    from assay.sampling.serve import ServeConfig, make_server
 
     srv = make_server(ServeConfig(model=str(tiny_model_dir), name="tiny", port=0, max_batch=8, io_timeout_s=1.0,
                                   max_request_bytes=100_000))
@@ -116,8 +116,8 @@ class _Gate:
 
 
 def test_batcher_reruns_a_failed_batch_request_by_request_so_only_the_bad_one_fails():
-    from assay.serve import Batcher, _Job
-    from assay.serve_requests import parse_request
+    from assay.sampling.serve import Batcher, _Job
+    from assay.sampling.serve_requests import parse_request
 
     gate = _Gate()
     batcher = Batcher(gate)
@@ -149,7 +149,7 @@ def test_batcher_reruns_a_failed_batch_request_by_request_so_only_the_bad_one_fa
 
 
 def test_host_check_refuses_exposure_without_a_key(monkeypatch):
-    from assay.serve import ServeConfig, check_config, is_loopback
+    from assay.sampling.serve import ServeConfig, check_config, is_loopback
 
     for host in ("127.0.0.1", "127.8.9.10", "localhost", "::1", "[::1]"):
         assert is_loopback(host), host

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from assay import models
-from assay.io import read_records
-from assay.records import Sample, Verdict
+from assay.core.io import read_records
+from assay.core.records import Sample, Verdict
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_embedded_model_resolves_to_cached_safetensors(smol):
 
 
 def test_engine_matches_generate_on_smollm2(smol):
-    from assay.prompts import TEMPLATES, render_ids
+    from assay.data.prompts import TEMPLATES, render_ids
 
     model, tok = smol
     qs = ["What is 12 + 7?", "A shop sells 3 pens for 5 dollars. How much do 9 pens cost?", "What is 9 * 8?"]
@@ -41,7 +41,7 @@ def test_engine_matches_generate_on_smollm2(smol):
 
 def _assert_engine_matches_generate(model, tok, prompts, max_new_tokens):
     from assay import models
-    from assay.generate.engine import ContinuousBatcher, GroupRequest
+    from assay.sampling.engine import ContinuousBatcher, GroupRequest
 
     eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=2,
                             max_new_tokens=max_new_tokens)
@@ -115,7 +115,7 @@ def _assert_within_one_sample_of_the_budget(run, tag: str, study: dict, budget: 
 def test_gemma_from_chunk_packages_matches_generate():
     """The second embedded model: assembled from 4 packages, checksum-verified, converted, sampled."""
     from assay import models
-    from assay.prompts import TEMPLATES, render_ids
+    from assay.data.prompts import TEMPLATES, render_ids
 
     s = models.stats_for("gemma3-270m")
     assert s.n_params == 268_098_176 and s.n_layers == 18

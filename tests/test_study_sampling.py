@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from assay.io import InputError, read_records
-from assay.plan import Arm, samples_for_budget
-from assay.records import Problem, Sample, Verdict
+from assay.core.io import InputError, read_records
+from assay.core.records import Problem, Sample, Verdict
+from assay.sampling.plan import Arm, samples_for_budget
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def two_tiny(tmp_path_factory):
 
 
 def test_arm_curves_hand_computed():
-    from assay.records import Problem, Sample, Verdict
-    from assay.study_sampling import arm_curves
+    from assay.core.records import Problem, Sample, Verdict
+    from assay.studies.sampling import arm_curves
 
     probs = [Problem("a", "q", "1", "t"), Problem("b", "q", "2", "t")]
     s = lambda p, i, text, f: Sample(p, i, "m", "t", text, 1, 1, f, "stop", {}, i)  # noqa: E731
@@ -73,7 +73,7 @@ def test_study_matches_realized_flops_and_writes_report(two_tiny, tmp_path):
 
 
 def test_study_with_llm_judge_and_students(two_tiny, tmp_path):
-    from assay.study_sampling import StudySamplingConfig, run
+    from assay.studies.sampling import StudySamplingConfig, run
     from assay.train import TrainConfig
 
     wc, se = two_tiny

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from assay.io import InputError, read_records
-from assay.records import Problem, SFTExample
+from assay.core.io import InputError, read_records
+from assay.core.records import Problem, SFTExample
 
 
 def _row(pid: str) -> SFTExample:
@@ -16,7 +16,7 @@ def _row(pid: str) -> SFTExample:
 
 
 def test_target_share_and_scores_by_task_hand_computed():
-    from assay.study_selection import scores_by_task, target_share, task_name
+    from assay.studies.selection import scores_by_task, target_share, task_name
 
     task_of = {"a": "chain_sum", "b": "gcd", "c": "chain_sum", "d": "gcd"}
     assert target_share([_row("a"), _row("b"), _row("c")], task_of, "chain_sum") == pytest.approx(2 / 3)
@@ -25,7 +25,7 @@ def test_target_share_and_scores_by_task_hand_computed():
     assert by == {"chain_sum": {"candidates": 2, "mean_score": pytest.approx(0.3)},
                   "gcd": {"candidates": 2, "mean_score": pytest.approx(-0.1)}}
     # Ranking c (0.9) > a (0.5) > d (0.0) > b (-0.2): targets a, c; every target pair beats every other one.
-    from assay.study_selection import ranking_quality
+    from assay.studies.selection import ranking_quality
     rk = ranking_quality({"a/0": 0.5, "c/3": 0.9, "b/1": -0.2, "d/0": 0.0}, task_of, "chain_sum", ks=(1, 3, 9))
     assert rk == {"auc": 1.0, "precision_at": {1: 1.0, 3: pytest.approx(2 / 3), 9: 0.5}}
     rk = ranking_quality({"a/0": 0.0, "c/3": 0.9, "b/1": 0.5, "d/0": 0.0}, task_of, "chain_sum", ks=(2,))
@@ -41,7 +41,7 @@ def test_target_share_and_scores_by_task_hand_computed():
     ({"band": [1]}, r"band: must be \[min, max\], got \[1\]"),
 ])
 def test_bad_settings_are_named(over, msg, tmp_path):
-    from assay.study_selection import StudySelectionConfig, run
+    from assay.studies.selection import StudySelectionConfig, run
 
     with pytest.raises(InputError, match=msg):
         run(StudySelectionConfig(run_dir=str(tmp_path / "s"), **over))

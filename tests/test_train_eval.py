@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from assay.io import InputError, read_records, write_records
-from assay.records import Problem, SFTExample
+from assay.core.io import InputError, read_records, write_records
+from assay.core.records import Problem, SFTExample
 
 
 def _sft_rows(n: int = 12) -> list[SFTExample]:
@@ -164,7 +164,7 @@ def _problems(n=6) -> list[Problem]:
 
 
 def test_eval_protocol_metrics_and_compare(tiny_model_dir, tmp_path):
-    from assay.evaluate import EvalConfig, compare, run_eval
+    from assay.eval.stage import EvalConfig, compare, run_eval
 
     write_records(tmp_path / "bench.jsonl", _problems())
     cfg = EvalConfig(model=str(tiny_model_dir), benchmark=str(tmp_path / "bench.jsonl"), out=str(tmp_path / "e1"),
@@ -188,7 +188,7 @@ def test_eval_protocol_metrics_and_compare(tiny_model_dir, tmp_path):
 
 
 def test_eval_named_benchmarks_and_unknown_name(tmp_path, tiny_model_dir):
-    from assay.evaluate import BENCHMARKS, EvalConfig, run_eval
+    from assay.eval.stage import BENCHMARKS, EvalConfig, run_eval
 
     assert {"gsm8k-test", "math500", "aime24", "amc23", "svamp", "rg-chain-sum-v1"} <= set(BENCHMARKS.names())
     with pytest.raises(InputError, match="did you mean 'math500'"):
@@ -202,7 +202,7 @@ def test_eval_named_benchmarks_and_unknown_name(tmp_path, tiny_model_dir):
     # 10000 uses seeds 0..size-1, so the two never share a draw.
     import reasoning_gym
 
-    from assay.evaluate import CHAIN_SUM_SMALL, HELDOUT_SEED
+    from assay.eval.stage import CHAIN_SUM_SMALL, HELDOUT_SEED
 
     assert HELDOUT_SEED == 10_000
     for p in probs:
@@ -215,8 +215,8 @@ def test_eval_named_benchmarks_and_unknown_name(tmp_path, tiny_model_dir):
 
 def test_eval_on_shared_benchmark(shared_data, tmp_path):
     """The first two GSM8K test problems, answered right and wrong by a scripted model: pass@1 is exactly 1/2."""
-    from assay.evaluate import EvalConfig, run_eval
-    from assay.generate import Generated
+    from assay.eval.stage import EvalConfig, run_eval
+    from assay.sampling import Generated
 
     rows = [json.loads(x) for x in (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:2]]
     # The reference is what follows '####'; the script answers row 0 with it and row 1 with it + 1.
@@ -241,7 +241,7 @@ def test_eval_on_shared_benchmark(shared_data, tmp_path):
 
 
 def test_mcnemar_and_wilson_hand_computed():
-    from assay.evaluate import mcnemar_exact, wilson
+    from assay.eval.stage import mcnemar_exact, wilson
 
     # 10 discordant pairs split 9/1: two-sided p = 2 * (C(10,0)+C(10,1)) / 2^10 = 22/1024.
     assert mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
@@ -268,7 +268,7 @@ def test_unmerged_lora_folder_is_a_model_spec(tiny_model_dir, sft_file, tmp_path
 
 
 def test_protocol_id_depends_on_content_not_location(tiny_model_dir, tmp_path):
-    from assay.evaluate import EvalConfig, protocol
+    from assay.eval.stage import EvalConfig, protocol
 
     probs = _problems(3)
     a = protocol(EvalConfig(benchmark=str(tmp_path / "run1" / "heldout.jsonl")), probs)
@@ -288,7 +288,7 @@ def test_finished_folder_with_another_config_is_refused(tiny_model_dir, sft_file
 
 
 def test_eval_folder_with_other_settings_is_refused_and_compare_takes_result_paths(tiny_model_dir, tmp_path):
-    from assay.evaluate import EvalConfig, compare, run_eval
+    from assay.eval.stage import EvalConfig, compare, run_eval
 
     write_records(tmp_path / "bench.jsonl", _problems(3))
     cfg = EvalConfig(model=str(tiny_model_dir), benchmark=str(tmp_path / "bench.jsonl"), out=str(tmp_path / "e"),

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from assay.config import add_config_args, config_from_args
-from assay.io import InputError, read_records
-from assay.records import Problem, Sample, Verdict, key
-from assay.verify import (
-    DEFAULT_EXTRACTORS,
-    EXTRACTORS,
-    VERIFIERS,
-    VerifyConfig,
-    clean_answer,
-    cli_run,
-    extract_answer,
-    verify_samples,
-)
+from assay.core.config import add_config_args, config_from_args
+from assay.core.io import InputError, read_records
+from assay.core.records import Problem, Sample, Verdict, key
+from assay.verify.extract import DEFAULT_EXTRACTORS, EXTRACTORS, clean_answer, extract_answer
+from assay.verify.stage import VerifyConfig, cli_run, verify_samples
+from assay.verify.verifiers import VERIFIERS
 
 GOLDEN = Path(__file__).parent / "golden" / "verify_golden.jsonl"
 
@@ -213,8 +206,8 @@ def _cpu_seconds(pid: int) -> float:
 def test_a_worker_does_not_outlive_a_killed_run(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent("""
-        from assay.records import Problem, Sample
-        from assay.verify import VerifyConfig, verify_samples
+        from assay.core.records import Problem, Sample
+        from assay.verify.stage import VerifyConfig, verify_samples
         if __name__ == "__main__":
             p = [Problem("t", "q", "1", "t")]
             s = [Sample("t", 0, "m", "t", "\\\\boxed{9^{9^{9^{9^{9}}}}}", 0, 0, 0.0, "stop", {}, 0)]

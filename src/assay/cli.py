@@ -6,7 +6,7 @@ code 2 and a one-line ``file:line: what is wrong`` message, never a traceback.
 
 ``--run-dir DIR`` puts any command inside a run directory: relative output paths land in DIR,
 relative input paths are looked up there first, and the command is recorded as a stage of DIR's
-manifest (inputs and outputs with hashes, config, FLOPs, wall time; see ``assay.runs``).
+manifest (inputs and outputs with hashes, config, FLOPs, wall time; see ``assay.core.runs``).
 ``assay run RECIPE.yaml [key=value ...]`` runs a pipeline recipe with dotted overrides.
 """
 
@@ -19,27 +19,27 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError, add_config_args, config_from_args, locate, to_mapping
-from .io import InputError
-from .redact import redact_text
+from assay.core.config import ConfigError, add_config_args, config_from_args, locate, to_mapping
+from assay.core.io import InputError
+from assay.core.redact import redact_text
 
 # name -> (module, config class, help). Each module defines `cli_run(cfg) -> int`.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "problems": ("assay.problems", "ProblemsConfig", "load or generate a problem set as Problem JSONL"),
-    "sample": ("assay.generate", "SampleConfig", "sample n completions per problem (resumable)"),
-    "verify": ("assay.verify", "VerifyConfig", "extract final answers and judge them (all cores, time-limited)"),
-    "stats": ("assay.metrics", "StatsConfig", "pass@k, coverage@k, maj@k, diversity@k, tokens, FLOPs"),
-    "plan": ("assay.plan", "PlanConfig", "compute-matched samples per problem for several models under one budget"),
-    "judge": ("assay.judge", "JudgeConfig", "false-positive rate: judge the reasoning of answer-correct samples (LLM or human audit)"),
-    "curate": ("assay.curate", "CurateConfig", "LIMO curation steps from a recipe: difficulty, decontaminate, dedup, rubric, diverse"),
-    "select": ("assay.select", "SelectConfig", "turn verified samples into an SFT dataset through a selector pipeline"),
+    "problems": ("assay.data.problems", "ProblemsConfig", "load or generate a problem set as Problem JSONL"),
+    "sample": ("assay.sampling.stage", "SampleConfig", "sample n completions per problem (resumable)"),
+    "verify": ("assay.verify.stage", "VerifyConfig", "extract final answers and judge them (all cores, time-limited)"),
+    "stats": ("assay.eval.metrics", "StatsConfig", "pass@k, coverage@k, maj@k, diversity@k, tokens, FLOPs"),
+    "plan": ("assay.sampling.plan", "PlanConfig", "compute-matched samples per problem for several models under one budget"),
+    "judge": ("assay.verify.judge", "JudgeConfig", "false-positive rate: judge the reasoning of answer-correct samples (LLM or human audit)"),
+    "curate": ("assay.select.curate", "CurateConfig", "LIMO curation steps from a recipe: difficulty, decontaminate, dedup, rubric, diverse"),
+    "select": ("assay.select.stage", "SelectConfig", "turn verified samples into an SFT dataset through a selector pipeline"),
     "train": ("assay.train", "TrainConfig", "supervised fine-tuning with TRL: LoRA or full (resumable)"),
-    "eval": ("assay.evaluate", "EvalConfig", "greedy pass@1, avg@n, maj@k on a benchmark under a pinned protocol"),
-    "serve": ("assay.serve", "ServeConfig", "serve a model over the OpenAI HTTP API (loopback by default)"),
-    "report": ("assay.report", "ReportConfig", "write RUN_DIR/report.md with tables and plots"),
-    "study": ("assay.study", "StudyConfig", "run a study: assay study sampling [key=value ...]"),
-    "quickstart": ("assay.quickstart", "QuickstartConfig", "the main job: the whole loop on the embedded default model"),
-    "run": ("assay.recipes", "RecipeConfig", "run a pipeline recipe: assay run recipes/quickstart.yaml train.lr=1e-4"),
+    "eval": ("assay.eval.stage", "EvalConfig", "greedy pass@1, avg@n, maj@k on a benchmark under a pinned protocol"),
+    "serve": ("assay.sampling.serve", "ServeConfig", "serve a model over the OpenAI HTTP API (loopback by default)"),
+    "report": ("assay.eval.report", "ReportConfig", "write RUN_DIR/report.md with tables and plots"),
+    "study": ("assay.studies.workspace", "StudyConfig", "run a study: assay study sampling [key=value ...]"),
+    "quickstart": ("assay.studies.quickstart", "QuickstartConfig", "the main job: the whole loop on the embedded default model"),
+    "run": ("assay.studies.recipes", "RecipeConfig", "run a pipeline recipe: assay run recipes/quickstart.yaml train.lr=1e-4"),
 }
 # Commands that manage their own run directory.
 OWN_RUN_DIR = {"quickstart", "run", "report", "serve", "study", "plan"}
@@ -88,12 +88,12 @@ def _in_run_dir(cfg, run_dir: Path):
 
 
 def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
-    from .checks import check_stage
+    from assay.core.checks import check_stage
 
     if not run_dir:
         check_stage(cfg, files=True)
         return int(mod.cli_run(cfg) or 0)
-    from .runs import Run
+    from assay.core.runs import Run
 
     run = Run(run_dir)
     cfg = _in_run_dir(cfg, run.dir)
@@ -114,7 +114,7 @@ def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .progress import quiet_library_bars
+    from assay.core.progress import quiet_library_bars
 
     # Entered before any command module loads: tqdm reads its TQDM_* defaults once, at import.
     with quiet_library_bars():
@@ -148,7 +148,7 @@ def _main(argv: list[str]) -> int:
         # A path the user gave that cannot be opened (a folder, no permission): input, not a bug.
         return _fail(f"{exc.filename}: {exc.strerror or exc}", 2)
     except RuntimeError as exc:
-        from .generate.openai_api import APIError
+        from assay.sampling.openai_api import APIError
 
         if not isinstance(exc, APIError):
             raise

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from .io import InputError
+from assay.core.io import InputError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

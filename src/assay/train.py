@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import opt, save_yaml, to_mapping
-from .identity import FileHashes, check_identity, load_record, model_identity, short_hash, world_size
-from .io import InputError, read_records, write_json
-from .models import DEFAULT_MODEL, sha256_of
-from .progress import interactive
-from .records import SFTExample
+from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.identity import FileHashes, check_identity, load_record, model_identity, short_hash, world_size
+from assay.core.io import InputError, read_records, write_json
+from assay.core.progress import interactive
+from assay.core.records import SFTExample
+from assay.models import DEFAULT_MODEL, sha256_of
 
 METHODS = ("lora", "full")
 
@@ -87,7 +87,7 @@ def to_prompt_completion(ex: SFTExample, where: str) -> dict:
 
 def step_flops(lengths: list[int], stats, method: str, n_lora: int, checkpointing: bool) -> float:
     """Training FLOPs of one batch of sequences of these real lengths (see the module docstring)."""
-    from .models import forward_flops
+    from assay.models import forward_flops
 
     fwd = sum(forward_flops(stats, t) for t in lengths)
     tokens = sum(lengths)
@@ -241,7 +241,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         check_identity(str(resume), record.get("identity"), ident, "is a checkpoint of a run with another config",
                        f"choose another --out or delete {ckpt_dir} to train afresh")
     if cfg.method not in METHODS:
-        from .registry import did_you_mean
+        from assay.core.registry import did_you_mean
 
         raise InputError(f"train.method '{cfg.method}' is not one of {', '.join(METHODS)}{did_you_mean(cfg.method, METHODS)}")
     rows = read_records(cfg.data, SFTExample)
@@ -252,12 +252,10 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig
 
-    from .models import resolve, stats_for
-
-    from transformers import set_seed
+    from assay.models import resolve, stats_for
 
     # Seed before anything random is built: the LoRA adapters are initialised outside the Trainer.
     set_seed(cfg.seed)
@@ -346,7 +344,7 @@ def _save_model(trainer, tok, cfg: TrainConfig, out: Path) -> None:
         tok.save_pretrained(lora_dir)
         (lora_dir / "ASSAY_BASE").write_text(cfg.model + "\n")
         if cfg.merge:
-            from .models import load
+            from assay.models import load
 
             merged, _ = load(str(lora_dir), trust_remote_code=cfg.trust_remote_code)
             merged.save_pretrained(out)

@@ -1,0 +1,1 @@
+"""The pieces every stage stands on: records, their files, configs, registries, run manifests."""

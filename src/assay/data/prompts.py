@@ -1,0 +1,49 @@
+"""Versioned prompt templates.
+
+A score is only comparable to another if both came from the same prompt, so every template has
+an id with a version (``boxed-v1``) that is stored in each Sample; changing a template's text
+means adding a new version, never editing the old one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from assay.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    id: str
+    """Name and version, e.g. ``boxed-v1``."""
+    user: str
+    """The user turn; ``{question}`` is replaced by the problem text."""
+    system: Optional[str] = None
+    """A system turn, or None to keep the model's default."""
+
+    def messages(self, question: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        # str.replace, not str.format: problem texts are full of braces (LaTeX).
+        msgs.append({"role": "user", "content": self.user.replace("{question}", question)})
+        return msgs
+
+
+TEMPLATES: Registry[PromptTemplate] = Registry("prompt template")
+
+for _t in (
+    PromptTemplate("boxed-v1", "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."),
+    PromptTemplate("answer-line-v1", "{question}\nSolve it step by step, then end with a line of the form 'The answer is N'."),
+    PromptTemplate("plain-v1", "{question}"),
+):
+    TEMPLATES.add(_t.id, _t)
+
+
+def render_ids(msgs: list[dict], tokenizer) -> list[int]:
+    """Token ids of a chat prompt, through the tokenizer's chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+    # Base models without a chat template see the turns as plain text.
+    text = "\n\n".join(m["content"] for m in msgs) + "\n"
+    return tokenizer(text)["input_ids"]

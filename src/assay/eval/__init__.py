@@ -1,0 +1,1 @@
+"""Evaluation: metrics, statistics, the eval stage with its pinned protocol, and reports."""

@@ -1,0 +1,292 @@
+"""The evaluate stage: a checkpoint's score on a named benchmark, under a pinned protocol.
+
+Two numbers are comparable only if the same problems were asked the same way and judged by the
+same rules. So every result stores its protocol (problem-set hash, prompt template id and its
+text's hash, decoding, max tokens, samples and seed, verifier and extractors) and a short
+``protocol_id`` hashed from it; :func:`compare` refuses results whose protocol ids differ.
+
+Metrics: greedy pass@1 (one temperature-0 completion per problem, with a Wilson 95% interval),
+and, when ``n > 0``, avg@n (mean accuracy of n sampled completions) and maj@k / pass@k from them.
+Paired comparisons of two checkpoints on the same problems use McNemar's exact test on the
+problems where they disagree, the right test for two classifiers scored on one test set.
+
+The benchmark registry names the files in ``../shared/data`` and pinned reasoning-gym sets; a
+problem JSONL path works too (it is hashed like any other).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.io import InputError, read_problems, read_records, write_json, write_records
+from assay.core.records import Problem, Sample, Verdict
+from assay.core.registry import Registry
+from assay.data.prompts import TEMPLATES
+from assay.models import DEFAULT_MODEL
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A pinned problem set: a problems source with everything that decides its rows."""
+
+    source: str
+    description: str
+    task_kwargs: Optional[dict] = None
+    seed: int = 0
+    size: int = 500
+    distinct: bool = False
+    """Drop repeated questions (generators with small spaces repeat themselves)."""
+
+    def problems_config(self, out: str, limit: Optional[int], data_dir: Optional[str]):
+        from assay.data.problems import ProblemsConfig
+
+        rg = self.source.startswith("rg:")
+        return ProblemsConfig(source=self.source, out=out, limit=limit, seed=self.seed if rg else 0,
+                              size=self.size if rg else 500, task_kwargs=dict(self.task_kwargs or {}),
+                              data_dir=None if rg else data_dir, distinct=self.distinct)
+
+
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+for _name, _desc in (("gsm8k-test", "GSM8K test, 1319 grade-school word problems"),
+                     ("math500", "MATH-500, competition math (Lightman et al. subset)"),
+                     ("aime24", "AIME 2024, 30 problems"), ("amc23", "AMC 2023, 40 problems"),
+                     ("svamp", "SVAMP, 1000 arithmetic word problems")):
+    BENCHMARKS.add(_name, Benchmark(source=_name, description=_desc + " (from the shared data dir)"))
+
+# Reasoning-gym sets: generator seed 10_000 so that item i comes from seed 10_000 + i, disjoint
+# from training pools drawn with small seeds (0..9_999 - size); see ProblemsConfig.seed.
+CHAIN_SUM_SMALL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+BENCHMARKS.add("rg-chain-sum-v1", Benchmark(
+    "rg:chain_sum", "reasoning-gym chain_sum, 2 terms of 1-2 digits, distinct questions (the quickstart's "
+    "held-out set is its first rows)", CHAIN_SUM_SMALL, seed=10_000, size=500, distinct=True))
+BENCHMARKS.add("rg-basic-arithmetic-v1", Benchmark(
+    "rg:basic_arithmetic", "reasoning-gym basic_arithmetic, 2-4 terms, 1-2 digits, with parentheses",
+    {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2, "allow_parentheses": True},
+    seed=10_000, size=500, distinct=True))
+BENCHMARKS.add("rg-gsm-symbolic-v1", Benchmark(
+    "rg:gsm_symbolic", "reasoning-gym gsm_symbolic word problems", {}, seed=10_000, size=500))
+HELDOUT_SEED = 10_000
+
+
+@dataclass
+class EvalConfig:
+    INPUTS, OUTPUTS = ("benchmark", "model"), ("out",)
+    model: str = opt(DEFAULT_MODEL, help="model spec: embedded name, checkpoint folder (from `assay train`) or hub id")
+    benchmark: str = opt("rg-chain-sum-v1", help="a named benchmark (see BENCHMARKS) or a Problem JSONL path")
+    limit: Optional[int] = opt(None, help="evaluate on the first N problems only (part of the protocol)")
+    out: str = opt("eval", help="output folder: problems, samples, verdicts, result.json")
+    template: str = opt("plain-v1", help="prompt template id")
+    max_new_tokens: int = opt(256, help="completion length limit")
+    greedy: bool = opt(True, help="score one greedy completion per problem (pass@1)")
+    n: int = opt(0, help="sampled completions per problem for avg@n / maj@k (0 = none)")
+    temperature: float = opt(0.7, help="sampling temperature for the n samples")
+    top_p: float = opt(1.0, help="nucleus mass for the n samples")
+    seed: int = opt(0, help="seed of the sampled completions")
+    max_batch: int = opt(64, help="rows decoded together")
+    dtype: str = opt("float32", help="model dtype; part of the protocol since it changes greedy outputs")
+    device: str = opt("cpu", help="torch device")
+    data_dir: Optional[str] = opt(None, help="folder of the shared benchmark files (default $ASSAY_DATA or ../shared/data)")
+    trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def problems_hash(problems: list[Problem]) -> str:
+    """Hash of what is asked and expected (ids, questions, answers), not of file formatting."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([p.id, p.question, p.answer], ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    w = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - w), min(1.0, c + w))
+
+
+def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
+    from assay.verify.extract import DEFAULT_EXTRACTORS
+
+    tpl = TEMPLATES.get(cfg.template)
+    p = {
+        # A file benchmark is identified by its content hash below, not by where it lies.
+        "version": PROTOCOL_VERSION, "limit": cfg.limit,
+        "benchmark": cfg.benchmark if cfg.benchmark in BENCHMARKS.names() else Path(cfg.benchmark).name,
+        "problems_sha256": problems_hash(problems), "n_problems": len(problems),
+        "template": tpl.id, "template_sha256": hashlib.sha256(json.dumps([tpl.system, tpl.user]).encode()).hexdigest()[:16],
+        "max_new_tokens": cfg.max_new_tokens, "greedy": cfg.greedy, "n": cfg.n,
+        "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed} if cfg.n else None,
+        "dtype": cfg.dtype, "verifier": "auto", "extractors": list(DEFAULT_EXTRACTORS),
+    }
+    p["protocol_id"] = hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]
+    return p
+
+
+def _sample_and_verify(cfg: EvalConfig, d: Path, tag: str, n: int, temperature: float, generator) -> tuple:
+    from assay.sampling import SampleConfig, run_sampling
+    from assay.verify import stage as verify
+
+    scfg = SampleConfig(problems=str(d / "problems.jsonl"), out=str(d / f"{tag}.samples.jsonl"), model=cfg.model,
+                        n=n, temperature=temperature, top_p=cfg.top_p if temperature > 0 else 1.0,
+                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, template=cfg.template,
+                        max_batch=cfg.max_batch, dtype=cfg.dtype, device=cfg.device,
+                        trust_remote_code=cfg.trust_remote_code)
+    summary = run_sampling(scfg, generator=generator)
+    vcfg = verify.VerifyConfig(problems=scfg.problems, samples=scfg.out, out=str(d / f"{tag}.verdicts.jsonl"))
+    verify.cli_run(vcfg)
+    return read_records(scfg.out, Sample), read_records(vcfg.out, Verdict), summary
+
+
+def _lazy_generator(cfg: EvalConfig):
+    """Load the model once for both the greedy and the sampled pass, and only if there is work."""
+    from assay.sampling import BACKENDS
+
+    holder: dict[str, Any] = {}
+
+    class Lazy:
+        def generate(self, groups, decoding):
+            if "g" not in holder:
+                holder["g"] = BACKENDS.get("hf")(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                                 max_batch=cfg.max_batch, trust_remote_code=cfg.trust_remote_code)
+            return holder["g"].generate(groups, decoding)
+
+    return Lazy()
+
+
+def run_eval(cfg: EvalConfig, generator=None) -> dict:
+    """Evaluate and write ``out/result.json``; reruns resume the sampling and verification."""
+    from assay.data.problems import cli_run as write_problems
+    from assay.eval.metrics import compute_stats
+
+    if not cfg.greedy and cfg.n < 1:
+        raise InputError("eval: nothing to do: greedy=false and n=0")
+    d = Path(cfg.out)
+    d.mkdir(parents=True, exist_ok=True)
+    old = d / "eval_config.yaml"
+    if old.exists() and any((d / f).exists() for f in ("greedy.samples.jsonl", "sampled.samples.jsonl")):
+        from assay.core.config import load_yaml
+
+        prev = load_yaml(old)
+        changed = sorted(k for k, v in to_mapping(cfg).items() if prev.get(k) != v)
+        if changed:
+            raise InputError(f"{d}: holds an evaluation made with other settings ({', '.join(changed)}); "
+                             "choose another --out or delete it")
+    save_yaml(d / "eval_config.yaml", to_mapping(cfg))
+    pfile = d / "problems.jsonl"
+    if cfg.benchmark in BENCHMARKS.names():
+        write_problems(BENCHMARKS.get(cfg.benchmark).problems_config(str(pfile), cfg.limit, cfg.data_dir))
+        problems = read_problems(pfile)
+    elif Path(cfg.benchmark).exists():
+        problems = read_problems(cfg.benchmark)[: cfg.limit]
+        write_records(pfile, problems)
+    else:
+        BENCHMARKS.get(cfg.benchmark)  # raises with a did-you-mean
+    if not problems:
+        raise InputError(f"{cfg.benchmark}: no problems")
+    proto = protocol(cfg, problems)
+    gen = generator or _lazy_generator(cfg)
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    tokens, flops = 0, 0.0
+    per_problem: dict[str, Any] = {}
+    if cfg.greedy:
+        samples, verdicts, _ = _sample_and_verify(cfg, d, "greedy", 1, 0.0, gen)
+        c = sum(v.correct for v in verdicts)
+        metrics["greedy_pass@1"] = c / len(verdicts)
+        metrics["greedy_ci95"] = list(wilson(c, len(verdicts)))
+        metrics["greedy_correct"] = c
+        metrics["greedy_mean_tokens"] = sum(s.completion_tokens for s in samples) / len(samples)
+        tokens += sum(s.completion_tokens for s in samples)
+        flops += sum(s.flops for s in samples)
+        per_problem["greedy"] = {v.problem_id: v.correct for v in verdicts}
+    if cfg.n:
+        samples, verdicts, _ = _sample_and_verify(cfg, d, "sampled", cfg.n, cfg.temperature, gen)
+        ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= cfg.n]
+        stats = compute_stats(problems, samples, verdicts, ks)
+        metrics[f"avg@{cfg.n}"] = stats["summary"]["accuracy"]
+        for row in stats["by_k"]:
+            metrics[f"pass@{row['k']}"] = row["pass_at_k"]
+            metrics[f"maj@{row['k']}"] = row["maj_at_k"]
+        tokens += sum(s.completion_tokens for s in samples)
+        flops += sum(s.flops for s in samples)
+    result = {"model": cfg.model, "benchmark": cfg.benchmark, "protocol": proto, "metrics": metrics,
+              "completion_tokens": tokens, "flops": flops, "wall_s": round(time.perf_counter() - t0, 3)}
+    write_json(d / "result.json", result)
+    write_json(d / "per_problem.json", per_problem)
+    return result
+
+
+def load_result(path: str | Path) -> dict:
+    p = Path(path)
+    p = p / "result.json" if p.is_dir() else p
+    if not p.exists():
+        raise InputError(f"{p}: no eval result (run `assay eval --out {p.parent}` first)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test on the discordant pairs."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def compare(before: str | Path, after: str | Path) -> dict:
+    """Paired greedy comparison of two eval folders on the same problems, same protocol."""
+    before, after = (Path(p).parent if Path(p).is_file() else Path(p) for p in (before, after))
+    a, b = load_result(before), load_result(after)
+    if a["protocol"]["protocol_id"] != b["protocol"]["protocol_id"]:
+        diff = sorted(k for k in a["protocol"] if a["protocol"].get(k) != b["protocol"].get(k) and k != "protocol_id")
+        raise InputError(f"{before} and {after} were evaluated under different protocols (differ in: {', '.join(diff)})")
+    pa = json.loads((before / "per_problem.json").read_text()).get("greedy")
+    pb = json.loads((after / "per_problem.json").read_text()).get("greedy")
+    if pa is None or pb is None:
+        raise InputError(f"compare needs greedy results in both {before} and {after} (run eval with greedy=true)")
+    ids = sorted(set(pa) & set(pb))
+    only_a = sum(pa[i] and not pb[i] for i in ids)
+    only_b = sum(pb[i] and not pa[i] for i in ids)
+    n = len(ids)
+    acc_a = sum(pa[i] for i in ids) / n
+    acc_b = sum(pb[i] for i in ids) / n
+    # Normal interval of a paired difference in proportions.
+    var = ((only_a + only_b) / n - (acc_b - acc_a) ** 2) / n
+    half = 1.96 * math.sqrt(max(var, 0.0))
+    return {"n": n, "before": acc_a, "after": acc_b, "gain": acc_b - acc_a,
+            "gain_ci95": [acc_b - acc_a - half, acc_b - acc_a + half], "only_before": only_a,
+            "only_after": only_b, "p_value": mcnemar_exact(only_a, only_b)}
+
+
+def cli_run(cfg: EvalConfig) -> int:
+    r = run_eval(cfg)
+    m = r["metrics"]
+    parts = []
+    if "greedy_pass@1" in m:
+        lo, hi = m["greedy_ci95"]
+        parts.append(f"greedy pass@1 {m['greedy_pass@1']:.3f} [{lo:.3f}, {hi:.3f}]")
+    parts += [f"{k} {v:.3f}" for k, v in m.items() if k.startswith(("avg@", "maj@"))]
+    print(f"[assay] eval {cfg.model} on {cfg.benchmark} ({r['protocol']['n_problems']} problems, "
+          f"protocol {r['protocol']['protocol_id']}): " + ", ".join(parts) + f" -> {cfg.out}/result.json")
+    return 0

@@ -1,0 +1,1 @@
+"""From verified samples to training data: filters and selectors, LIMO curation, LESS."""

@@ -1,0 +1,299 @@
+"""``assay study sampling``: weak-cheap vs strong-expensive sampling at matched compute.
+
+Bansal et al. (2024): at a fixed sampling budget, k_WC = (N_SE / N_WC) k_SE samples from the
+smaller model can beat k_SE samples from the larger one as training data, because they cover more
+problems (coverage@k) with more distinct correct solutions (diversity@k), at some cost in false
+positives (right answer, wrong reasoning). This study runs both arms on the same problems:
+
+1. plan: the budget is the SE arm's cost at ``k_se`` samples per problem, with each model's own
+   prompt lengths (tokenizers differ) and a completion-length guess (``assay.sampling.plan``);
+2. sample each arm with that budget enforced on realized FLOPs (``assay.sampling.budget``), so
+   the two arms' FLOPs match to within one sample;
+3. verify, then per arm: coverage@k and diversity@k along the k axis, with FLOPs per problem at
+   each k, so the curves can be compared at equal compute;
+4. false positives: judge the answer-correct samples with an LLM judge (``judge=<model spec>``)
+   or export human audit sheets (``judge=export``; import them with ``assay judge --backend
+   import``);
+5. optionally (``train=true``) fine-tune students on each arm's correct samples in the paper's
+   setups (knowledge distillation: WC student on SE data; self-improvement: WC on WC data;
+   weak-to-strong: SE student on WC data), evaluate them on held-out problems;
+6. write ``report.md`` with the side-by-side table and plots.
+
+Everything goes into one run directory with a manifest; every stage resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.io import read_records, write_json
+from assay.core.records import Problem, Sample, Verdict
+from assay.eval.stage import CHAIN_SUM_SMALL, HELDOUT_SEED
+from assay.train import TrainConfig
+
+
+@dataclass
+class StudySamplingConfig:
+    wc: str = opt("smollm2-135m-instruct", help="the weaker-cheaper model (fewer parameters)")
+    se: str = opt("gemma3-270m", help="the stronger-expensive model (more parameters)")
+    task: str = opt("rg:chain_sum", help="reasoning-gym task")
+    task_kwargs: dict = opt(CHAIN_SUM_SMALL, help="the task's settings")
+    problems: int = opt(240, help="problem rows drawn (generator seeds seed..; repeated questions dropped)")
+    seed: int = opt(0, help="problem and sampling seed")
+    k_se: int = opt(4, help="samples per problem of the SE model; the budget is what they cost")
+    completion_tokens: float = opt(12.0, help="completion-length guess for the plan (realized FLOPs are matched anyway)")
+    template: str = opt("plain-v1", help="prompt template for both arms")
+    temperature: float = opt(0.7, help="sampling temperature for both arms")
+    max_new_tokens: int = opt(32, help="completion limit for both arms")
+    stop: list = opt(["\n"], help="stop strings for both arms (the base model never emits EOS on its own)")
+    max_batch: int = opt(64, help="rows decoded together")
+    judge: str = opt("export", help="'' (none), 'export' (human audit CSVs), or a model spec for an LLM judge")
+    judge_limit: int = opt(200, help="judge at most this many answer-correct samples per arm")
+    train: bool = opt(False, help="fine-tune and evaluate students in the paper's three setups")
+    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(method="lora", epochs=2, batch_size=8),
+                                       metadata={"help": "student training settings (data/out/model set by the study)"})
+    heldout: int = opt(200, help="train=true: held-out rows (seeds from 10000) for the students")
+    student_selectors: list = opt(["correct", "finished", "dedup"], help="train=true: how each arm's samples become SFT data")
+    run_dir: str = opt("runs/study-sampling", help="where everything goes")
+
+
+def check(cfg: StudySamplingConfig) -> None:
+    """Every setting, before the first stage runs."""
+    from assay.core.checks import at_least, check_model, check_selectors, check_stage, check_task, check_template, fail
+
+    for name in ("problems", "k_se", "max_new_tokens", "max_batch"):
+        at_least(name, getattr(cfg, name), 1)
+    at_least("temperature", cfg.temperature, 0)
+    at_least("judge_limit", cfg.judge_limit, 0)
+    if cfg.completion_tokens <= 0:
+        raise fail("completion_tokens", f"must be positive, got {cfg.completion_tokens!r}")
+    if cfg.wc == cfg.se:
+        raise fail("se", f"the two arms need two models, got '{cfg.wc}' twice")
+    check_template("template", cfg.template)
+    if cfg.train:
+        at_least("heldout", cfg.heldout, 1)
+        check_selectors("student_selectors", cfg.student_selectors)
+        check_stage(cfg.student_train, "student_train", skip=("data", "out", "model", "seed"))
+    check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
+    for name in ("wc", "se"):
+        check_model(name, getattr(cfg, name))
+    if cfg.judge not in ("", "export"):
+        check_model("judge", cfg.judge)
+
+
+def _arm_name(cfg: StudySamplingConfig, spec: str) -> str:
+    return "WC" if spec == cfg.wc else "SE"
+
+
+def arm_curves(problems: list[Problem], samples: list[Sample], verdicts: list[Verdict]) -> dict:
+    """coverage@j and diversity@j for j = 1..min k, with mean FLOPs per problem at each j.
+
+    Uses the first j samples (by index) of each problem: the samples are i.i.d. draws, so this is an
+    unbiased estimate, and the FLOPs at j are the realized FLOPs of exactly those samples.
+    """
+    from assay.eval.metrics import normalize_text
+
+    ok = {(v.problem_id, v.sample_index): v.correct for v in verdicts}
+    by_p: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_p.setdefault(s.problem_id, []).append(s)
+    for v in by_p.values():
+        v.sort(key=lambda s: s.sample_index)
+    k_min = min((len(v) for v in by_p.values()), default=0)
+    rows = []
+    for j in range(1, k_min + 1):
+        covered, distinct, flops = 0, 0, 0.0
+        for p in problems:
+            first = by_p.get(p.id, [])[:j]
+            correct = [s for s in first if ok.get((s.problem_id, s.sample_index))]
+            covered += bool(correct)
+            distinct += len({normalize_text(s.text) for s in correct})
+            flops += sum(s.flops for s in first)
+        n = len(problems)
+        rows.append({"k": j, "coverage": covered / n, "diversity": distinct / n, "flops_per_problem": flops / n})
+    acc = sum(ok.get((s.problem_id, s.sample_index), False) for s in samples) / max(1, len(samples))
+    return {"curve": rows, "accuracy": acc, "k_min": k_min, "samples": len(samples)}
+
+
+def run(cfg: StudySamplingConfig) -> dict:
+    from assay.core.runs import Run
+    from assay.data.problems import ProblemsConfig
+    from assay.data.problems import cli_run as write_problems
+    from assay.models import stats_for
+    from assay.sampling import SampleConfig
+    from assay.sampling.budget import run_budgeted
+    from assay.sampling.plan import Arm, mean_prompt_tokens, samples_for_budget
+    from assay.verify import stage as verify
+    from assay.verify.judge import LLMJudge, correct_items, export_audit, false_positive_rate, judgments_to_dicts
+
+    check(cfg)
+    run_ = Run(cfg.run_dir)
+    d = run_.dir
+    save_yaml(d / "recipe.yaml", {"pipeline": "study-sampling", **to_mapping(cfg)})
+    pfile = d / "problems.jsonl"
+    run_.stage("problems", {"task": cfg.task, "kw": cfg.task_kwargs, "seed": cfg.seed, "size": cfg.problems},
+               lambda: write_problems(ProblemsConfig(source=cfg.task, out=str(pfile), seed=cfg.seed, size=cfg.problems,
+                                                     task_kwargs=dict(cfg.task_kwargs), distinct=True)),
+               outputs=[pfile])
+    problems = read_records(pfile, Problem)
+
+    # 1. Plan: the SE arm at k_se sets the budget; prompts are measured per tokenizer.
+    arms = {spec: Arm(spec, float(stats_for(spec).n_matmul), mean_prompt_tokens(spec, problems, cfg.template),
+                      cfg.completion_tokens) for spec in (cfg.wc, cfg.se)}
+    budget = arms[cfg.se].flops_per_problem(cfg.k_se) * len(problems)
+    plan = {spec: samples_for_budget(a, budget, len(problems)) for spec, a in arms.items()}
+    write_json(d / "plan.json", {"budget_flops": budget, "problems": len(problems),
+                                 "arms": {s: {**dataclasses.asdict(a), "k_planned": plan[s]} for s, a in arms.items()}})
+    print(f"[assay] study: budget {budget:.4g} FLOPs over {len(problems)} problems; planned k: "
+          + ", ".join(f"{_arm_name(cfg, s)} {s} k={k}" for s, k in plan.items()))
+
+    results = {}
+    for spec in (cfg.wc, cfg.se):
+        tag = _arm_name(cfg, spec)
+        scfg = SampleConfig(problems=str(pfile), out=str(d / f"{tag}.samples.jsonl"), model=spec, n=max(1, plan[spec]),
+                            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop),
+                            seed=cfg.seed, template=cfg.template, max_batch=cfg.max_batch)
+        run_.stage(f"sample_{tag}", {**to_mapping(scfg), "budget": budget},
+                   lambda scfg=scfg: run_budgeted(scfg, budget), inputs=[pfile], outputs=[scfg.out], models=[spec])
+        vcfg = verify.VerifyConfig(problems=str(pfile), samples=scfg.out, out=str(d / f"{tag}.verdicts.jsonl"))
+        run_.stage(f"verify_{tag}", to_mapping(vcfg), lambda vcfg=vcfg: verify.cli_run(vcfg),
+                   inputs=[pfile, scfg.out], outputs=[vcfg.out])
+        samples, verdicts = read_records(scfg.out, Sample), read_records(vcfg.out, Verdict)
+        res = arm_curves(problems, samples, verdicts)
+        res["budget"] = json.loads(Path(scfg.out + ".budget.json").read_text())
+        res["model"], res["n_params"] = spec, arms[spec].n_params
+        items = correct_items(problems, samples, verdicts)[: cfg.judge_limit]
+        if cfg.judge == "export":
+            export_audit(items, d / f"{tag}.audit.csv")
+            res["fpr"] = {"fpr": None, "judged": 0, "note": f"audit sheet {tag}.audit.csv exported ({len(items)} items)"}
+        elif cfg.judge:
+            from assay.sampling import BACKENDS
+
+            judge_gen = BACKENDS.get("hf")(cfg.judge, max_batch=16)
+            js = LLMJudge(judge_gen, cfg.judge, cache=str(d / f"{tag}.judge_cache.jsonl")).judge(items)
+            from assay.core.io import write_records
+
+            write_records(d / f"{tag}.judgments.jsonl", judgments_to_dicts(js))
+            res["fpr"] = false_positive_rate(js)
+        results[tag] = res
+    if cfg.train:
+        results["students"] = _students(cfg, run_, problems, results)
+    write_json(d / "study.json", results)
+    write_study_report(d, results)
+    return results
+
+
+def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
+    """The paper's three setups: (student model, data arm)."""
+    from assay.core.progress import interactive
+    from assay.data.problems import ProblemsConfig
+    from assay.data.problems import cli_run as write_problems
+    from assay.eval.stage import EvalConfig, run_eval
+    from assay.select.stage import SelectConfig, run_select
+    from assay.train import run_training
+
+    d = run_.dir
+    held = d / "heldout.jsonl"
+    run_.stage("heldout", {"seed": HELDOUT_SEED, "size": cfg.heldout},
+               lambda: write_problems(ProblemsConfig(source=cfg.task, out=str(held), seed=HELDOUT_SEED,
+                                                     size=cfg.heldout, task_kwargs=dict(cfg.task_kwargs), distinct=True)),
+               outputs=[held])
+    setups = {"knowledge_distillation": (cfg.wc, "SE"), "self_improvement": (cfg.wc, "WC"),
+              "weak_to_strong": (cfg.se, "WC")}
+    out = {}
+    for setup, (student, arm) in setups.items():
+        scfg = SelectConfig(problems=str(d / "problems.jsonl"), samples=str(d / f"{arm}.samples.jsonl"),
+                            verdicts=str(d / f"{arm}.verdicts.jsonl"), out=str(d / f"{setup}.sft.jsonl"),
+                            selectors=list(cfg.student_selectors), seed=cfg.seed)
+        run_.stage(f"select_{setup}", to_mapping(scfg), lambda scfg=scfg: run_select(scfg),
+                   inputs=[scfg.samples, scfg.verdicts], outputs=[scfg.out])
+        tcfg = dataclasses.replace(cfg.student_train, data=scfg.out, out=str(d / f"{setup}.student"), model=student,
+                                   seed=cfg.seed)
+        run_.stage(f"train_{setup}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg, progress=interactive()),
+                   inputs=[scfg.out], outputs=[tcfg.out], models=[student])
+        for name, model in ((f"{setup}.base", student), (f"{setup}.trained", tcfg.out)):
+            ecfg = EvalConfig(model=model, benchmark=str(held), out=str(d / f"eval.{name}"), template=cfg.template,
+                              max_new_tokens=cfg.max_new_tokens)
+            run_.stage(f"eval_{name}", to_mapping(ecfg), lambda ecfg=ecfg: run_eval(ecfg), inputs=[held],
+                       outputs=[ecfg.out], models=[model])
+        base = json.loads((d / f"eval.{setup}.base" / "result.json").read_text())["metrics"]["greedy_pass@1"]
+        trained = json.loads((d / f"eval.{setup}.trained" / "result.json").read_text())["metrics"]["greedy_pass@1"]
+        out[setup] = {"student": student, "data": arm, "before": base, "after": trained}
+    return out
+
+
+def format_table(results: dict) -> str:
+    wc, se = results["WC"], results["SE"]
+    rows = [("model", wc["model"], se["model"]),
+            ("parameters (matmul)", f"{wc['n_params']:.4g}", f"{se['n_params']:.4g}"),
+            ("samples per problem", f"{wc['budget']['k_min']}-{wc['budget']['k_max']}",
+             f"{se['budget']['k_min']}-{se['budget']['k_max']}"),
+            ("realized FLOPs", f"{wc['budget']['realized_flops']:.4g}", f"{se['budget']['realized_flops']:.4g}"),
+            ("sample accuracy", f"{wc['accuracy']:.3f}", f"{se['accuracy']:.3f}"),
+            (f"coverage@k (k={wc['k_min']} / {se['k_min']})", f"{wc['curve'][-1]['coverage']:.3f}" if wc["curve"] else "-",
+             f"{se['curve'][-1]['coverage']:.3f}" if se["curve"] else "-"),
+            ("diversity@k (distinct correct / problem)", f"{wc['curve'][-1]['diversity']:.3f}" if wc["curve"] else "-",
+             f"{se['curve'][-1]['diversity']:.3f}" if se["curve"] else "-")]
+    f = [results[t].get("fpr") or {} for t in ("WC", "SE")]
+    rows.append(("false-positive rate (judged)", *[
+        (f"{x['fpr']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}] n={x['judged']}" if x.get("fpr") is not None
+         else x.get("note", "not judged")) for x in f]))
+    ratio = wc["budget"]["realized_flops"] / se["budget"]["realized_flops"] if se["budget"]["realized_flops"] else float("nan")
+    rows.append(("FLOPs ratio WC / SE", f"{ratio:.4f}", ""))
+    w = max(len(r[0]) for r in rows)
+    w1 = max(len(str(r[1])) for r in rows)
+    lines = [f"{'':<{w}}  {'WC':<{w1}}  SE"] + [f"{a:<{w}}  {b:<{w1}}  {c}" for a, b, c in rows]
+    if "students" in results:
+        lines.append("")
+        lines.append("student (setup)                          before  after")
+        for setup, r in results["students"].items():
+            lines.append(f"{setup} ({r['student']} on {r['data']} data)".ljust(41) + f"{r['before']:.3f}   {r['after']:.3f}")
+    return "\n".join(lines)
+
+
+def write_study_report(d: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for tag, style in (("WC", "o-"), ("SE", "s-")):
+        c = results[tag]["curve"]
+        axes[0].plot([r["flops_per_problem"] for r in c], [r["coverage"] for r in c], style, label=f"{tag} {results[tag]['model']}")
+        axes[1].plot([r["flops_per_problem"] for r in c], [r["diversity"] for r in c], style, label=tag)
+    axes[0].set_xlabel("sampling FLOPs per problem")
+    axes[0].set_ylabel("coverage@k")
+    axes[1].set_xlabel("sampling FLOPs per problem")
+    axes[1].set_ylabel("diversity@k (distinct correct)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(d / "plot_coverage_diversity.png", dpi=110)
+    plt.close(fig)
+    plots = ["![coverage and diversity vs FLOPs](plot_coverage_diversity.png)"]
+    judged = [(t, results[t]["fpr"]) for t in ("WC", "SE") if (results[t].get("fpr") or {}).get("fpr") is not None]
+    if judged:
+        fig, ax = plt.subplots(figsize=(4, 3.2))
+        vals = [f["fpr"] for _, f in judged]
+        err = [[v - f["ci95"][0] for v, (_, f) in zip(vals, judged)], [f["ci95"][1] - v for v, (_, f) in zip(vals, judged)]]
+        ax.bar([f"{t} (n={f['judged']})" for t, f in judged], vals, yerr=err, capsize=6, color=["#2a7ab0", "#e08a1e"][: len(judged)])
+        ax.set_ylabel("false-positive rate (95% CI)")
+        fig.tight_layout()
+        fig.savefig(d / "plot_fpr.png", dpi=110)
+        plt.close(fig)
+        plots.append("![false-positive rate](plot_fpr.png)")
+    lines = ["# Compute-matched sampling study", "", "```", format_table(results), "```", "", *plots, "",
+             "Both arms sample the same problems; the budget is enforced on realized FLOPs (see plan.json and "
+             "*.samples.jsonl.budget.json). Per-stage inputs, outputs and FLOPs are in manifest.json.", ""]
+    (d / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def cli_run(cfg: StudySamplingConfig) -> int:
+    results = run(cfg)
+    print(format_table(results))
+    print(f"[assay] study report: {Path(cfg.run_dir) / 'report.md'}")
+    return 0

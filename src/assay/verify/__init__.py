@@ -1,0 +1,1 @@
+"""Verification: answer extraction, verifiers, the time-limited sandboxed pool, the stage and the judge."""
