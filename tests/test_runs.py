@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from assay.core.config import to_mapping
+from assay.core.hashing import hash_path
 from assay.core.io import InputError, write_records
-from assay.core.runs import Run, hash_path
+from assay.core.runs import Run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -182,7 +182,8 @@ def test_saved_configs_and_manifests_are_redacted(tmp_path, monkeypatch):
     from dataclasses import dataclass
 
     from assay.core.config import opt, save_yaml
-    from assay.core.runs import Run, config_hash
+    from assay.core.hashing import config_hash
+    from assay.core.runs import Run
 
     @dataclass
     class Cfg:

@@ -188,7 +188,8 @@ def test_eval_protocol_metrics_and_compare(tiny_model_dir, tmp_path):
 
 
 def test_eval_named_benchmarks_and_unknown_name(tmp_path, tiny_model_dir):
-    from assay.eval.stage import BENCHMARKS, EvalConfig, run_eval
+    from assay.data.benchmarks import BENCHMARKS
+    from assay.eval.stage import EvalConfig, run_eval
 
     assert {"gsm8k-test", "math500", "aime24", "amc23", "svamp", "rg-chain-sum-v1"} <= set(BENCHMARKS.names())
     with pytest.raises(InputError, match="did you mean 'math500'"):
@@ -202,7 +203,7 @@ def test_eval_named_benchmarks_and_unknown_name(tmp_path, tiny_model_dir):
     # 10000 uses seeds 0..size-1, so the two never share a draw.
     import reasoning_gym
 
-    from assay.eval.stage import CHAIN_SUM_SMALL, HELDOUT_SEED
+    from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
 
     assert HELDOUT_SEED == 10_000
     for p in probs:
@@ -241,7 +242,7 @@ def test_eval_on_shared_benchmark(shared_data, tmp_path):
 
 
 def test_mcnemar_and_wilson_hand_computed():
-    from assay.eval.stage import mcnemar_exact, wilson
+    from assay.eval.stats import mcnemar_exact, wilson
 
     # 10 discordant pairs split 9/1: two-sided p = 2 * (C(10,0)+C(10,1)) / 2^10 = 22/1024.
     assert mcnemar_exact(1, 9) == pytest.approx(22 / 1024)

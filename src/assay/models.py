@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from assay.core.hashing import sha256_file
 from assay.core.io import InputError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -90,16 +91,6 @@ def _package_dir(module: str, name: str, install: str) -> Path:
     return Path(list(mod.submodule_search_locations)[0])
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def assemble_chunks(chunk_files: list[Path], dest: Path, sha256: str, name: str) -> Path:
     """Concatenate chunk files into ``dest`` and check the pinned checksum; a mismatch is an error."""
     missing = [str(p) for p in chunk_files if not p.exists()]
@@ -111,7 +102,7 @@ def assemble_chunks(chunk_files: list[Path], dest: Path, sha256: str, name: str)
         for p in chunk_files:
             with open(p, "rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)
-    got = sha256_of(tmp)
+    got = sha256_file(tmp)
     if sha256 and got != sha256:
         tmp.unlink()
         raise InputError(f"model '{name}': assembled file has sha256 {got}, expected {sha256}; "

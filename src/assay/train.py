@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from assay.core.config import opt, save_yaml, to_mapping
-from assay.core.identity import FileHashes, check_identity, load_record, model_identity, short_hash, world_size
+from assay.core.hashing import sha256_file, short_hash
+from assay.core.identity import FileHashes, check_identity, load_record, model_identity, world_size
 from assay.core.io import InputError, read_records, write_json
 from assay.core.progress import interactive
 from assay.core.records import SFTExample
-from assay.models import DEFAULT_MODEL, sha256_of
+from assay.models import DEFAULT_MODEL
 
 METHODS = ("lora", "full")
 
@@ -212,7 +213,7 @@ def train_identity(cfg: TrainConfig, hashes: Optional[FileHashes] = None) -> dic
     """What a training result depends on: the data's content, every result-changing setting, the
     model (with its files' hashes when local) and the number of processes (the effective batch)."""
     ident = {k: v for k, v in to_mapping(cfg).items() if k not in _NOT_IDENTITY}
-    ident["data"] = {"sha256": sha256_of(Path(cfg.data)) if Path(cfg.data).exists() else None}
+    ident["data"] = {"sha256": sha256_file(Path(cfg.data)) if Path(cfg.data).exists() else None}
     ident["model"] = model_identity(cfg.model, hashes)
     ident["world_size"] = world_size()
     return ident

@@ -187,7 +187,7 @@ def _train(c, k, skip, files):
 
 
 def _eval(c, k, skip, files):
-    from assay.eval.stage import BENCHMARKS
+    from assay.data.benchmarks import BENCHMARKS
 
     if "template" not in skip:
         check_template(k("template"), c.template)

@@ -15,23 +15,17 @@ are pinned by their package; a hub id is identified by its name only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Optional
 
+from assay.core.hashing import sha256_file
 from assay.core.io import InputError
-from assay.models import adapter_base, sha256_of
+from assay.models import adapter_base
 
 # The files `from_pretrained` (and an adapter load) read; logs, summaries and checkpoints/ are not.
 _MODEL_SUFFIXES = {".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".py", ".tiktoken"}
-
-
-def short_hash(obj: Any) -> str:
-    """16 hex digits of the sha256 of ``obj``'s canonical JSON."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class FileHashes:
@@ -46,7 +40,7 @@ class FileHashes:
         old = self.entries.get(name)
         if isinstance(old, list) and len(old) == 3 and old[:2] == [st.st_size, st.st_mtime_ns]:
             return old[2]
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         self.entries[name] = [st.st_size, st.st_mtime_ns, digest]
         return digest
 

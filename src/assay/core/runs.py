@@ -21,7 +21,6 @@ The manifest is rewritten atomically after every stage transition, so a kill lea
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import platform
 import sys
@@ -31,13 +30,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from assay.core.hashing import config_hash, hash_path
 from assay.core.io import InputError, write_json
 from assay.core.redact import redact_argv, redact_config
 
 PACKAGES = ("assay", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "reasoning-gym",
             "math-verify", "numpy")
-# Big or derived folders whose contents are not part of an artifact's identity.
-SKIP_DIRS = {"checkpoints", "__pycache__"}
 
 
 def package_versions() -> dict[str, Optional[str]]:
@@ -48,36 +46,6 @@ def package_versions() -> dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = []
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and not (set(p.relative_to(path).parts[:-1]) & SKIP_DIRS):
-            files.append(p)
-    return files
-
-
-def hash_path(path: str | Path) -> dict[str, Any]:
-    """sha256 over a file, or over a folder's relative names and contents (checkpoints/ left out)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    size = 0
-    for f in _files(path):
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-                size += len(block)
-    return {"path": str(path), "sha256": h.hexdigest(), "bytes": size}
-
-
-def config_hash(config: Any) -> str:
-    # Over the redacted config: a hash of a config with a password in it would let one test guesses.
-    return hashlib.sha256(json.dumps(redact_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def flops_of(path: str | Path) -> float:

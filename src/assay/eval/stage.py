@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,54 +26,12 @@ from typing import Any, Optional
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Problem, Sample, Verdict
-from assay.core.registry import Registry
+from assay.data.benchmarks import BENCHMARKS
 from assay.data.prompts import TEMPLATES
+from assay.eval.stats import paired_comparison, wilson
 from assay.models import DEFAULT_MODEL
 
 PROTOCOL_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """A pinned problem set: a problems source with everything that decides its rows."""
-
-    source: str
-    description: str
-    task_kwargs: Optional[dict] = None
-    seed: int = 0
-    size: int = 500
-    distinct: bool = False
-    """Drop repeated questions (generators with small spaces repeat themselves)."""
-
-    def problems_config(self, out: str, limit: Optional[int], data_dir: Optional[str]):
-        from assay.data.problems import ProblemsConfig
-
-        rg = self.source.startswith("rg:")
-        return ProblemsConfig(source=self.source, out=out, limit=limit, seed=self.seed if rg else 0,
-                              size=self.size if rg else 500, task_kwargs=dict(self.task_kwargs or {}),
-                              data_dir=None if rg else data_dir, distinct=self.distinct)
-
-
-BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
-for _name, _desc in (("gsm8k-test", "GSM8K test, 1319 grade-school word problems"),
-                     ("math500", "MATH-500, competition math (Lightman et al. subset)"),
-                     ("aime24", "AIME 2024, 30 problems"), ("amc23", "AMC 2023, 40 problems"),
-                     ("svamp", "SVAMP, 1000 arithmetic word problems")):
-    BENCHMARKS.add(_name, Benchmark(source=_name, description=_desc + " (from the shared data dir)"))
-
-# Reasoning-gym sets: generator seed 10_000 so that item i comes from seed 10_000 + i, disjoint
-# from training pools drawn with small seeds (0..9_999 - size); see ProblemsConfig.seed.
-CHAIN_SUM_SMALL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
-BENCHMARKS.add("rg-chain-sum-v1", Benchmark(
-    "rg:chain_sum", "reasoning-gym chain_sum, 2 terms of 1-2 digits, distinct questions (the quickstart's "
-    "held-out set is its first rows)", CHAIN_SUM_SMALL, seed=10_000, size=500, distinct=True))
-BENCHMARKS.add("rg-basic-arithmetic-v1", Benchmark(
-    "rg:basic_arithmetic", "reasoning-gym basic_arithmetic, 2-4 terms, 1-2 digits, with parentheses",
-    {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2, "allow_parentheses": True},
-    seed=10_000, size=500, distinct=True))
-BENCHMARKS.add("rg-gsm-symbolic-v1", Benchmark(
-    "rg:gsm_symbolic", "reasoning-gym gsm_symbolic word problems", {}, seed=10_000, size=500))
-HELDOUT_SEED = 10_000
 
 
 @dataclass
@@ -98,30 +55,12 @@ class EvalConfig:
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def problems_hash(problems: list[Problem]) -> str:
     """Hash of what is asked and expected (ids, questions, answers), not of file formatting."""
     h = hashlib.sha256()
     for p in problems:
         h.update(json.dumps([p.id, p.question, p.answer], ensure_ascii=False).encode())
     return h.hexdigest()
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    w = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - w), min(1.0, c + w))
 
 
 def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
@@ -244,16 +183,6 @@ def load_result(path: str | Path) -> dict:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test on the discordant pairs."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
 def compare(before: str | Path, after: str | Path) -> dict:
     """Paired greedy comparison of two eval folders on the same problems, same protocol."""
     before, after = (Path(p).parent if Path(p).is_file() else Path(p) for p in (before, after))
@@ -265,18 +194,7 @@ def compare(before: str | Path, after: str | Path) -> dict:
     pb = json.loads((after / "per_problem.json").read_text()).get("greedy")
     if pa is None or pb is None:
         raise InputError(f"compare needs greedy results in both {before} and {after} (run eval with greedy=true)")
-    ids = sorted(set(pa) & set(pb))
-    only_a = sum(pa[i] and not pb[i] for i in ids)
-    only_b = sum(pb[i] and not pa[i] for i in ids)
-    n = len(ids)
-    acc_a = sum(pa[i] for i in ids) / n
-    acc_b = sum(pb[i] for i in ids) / n
-    # Normal interval of a paired difference in proportions.
-    var = ((only_a + only_b) / n - (acc_b - acc_a) ** 2) / n
-    half = 1.96 * math.sqrt(max(var, 0.0))
-    return {"n": n, "before": acc_a, "after": acc_b, "gain": acc_b - acc_a,
-            "gain_ci95": [acc_b - acc_a - half, acc_b - acc_a + half], "only_before": only_a,
-            "only_after": only_b, "p_value": mcnemar_exact(only_a, only_b)}
+    return paired_comparison(pa, pb)
 
 
 def cli_run(cfg: EvalConfig) -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from assay.core.config import opt, save_yaml, to_mapping
-from assay.core.identity import FileHashes, check_identity, load_record, model_identity, short_hash
+from assay.core.hashing import short_hash
+from assay.core.identity import FileHashes, check_identity, load_record, model_identity
 from assay.core.io import InputError, open_resumable, read_problems, write_json
 from assay.core.records import Problem, Sample, key
 from assay.data.prompts import TEMPLATES

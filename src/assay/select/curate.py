@@ -279,8 +279,8 @@ class CurateConfig:
 
 def _benchmark_problems(names: list[str], data_dir: Optional[str], workdir: Path) -> list:
     from assay.core.io import read_problems
+    from assay.data.benchmarks import BENCHMARKS
     from assay.data.problems import load_problems
-    from assay.eval.stage import BENCHMARKS
 
     out = []
     for name in names:

@@ -23,7 +23,8 @@ from pathlib import Path
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import read_records
 from assay.core.records import Problem
-from assay.eval.stage import CHAIN_SUM_SMALL, HELDOUT_SEED, EvalConfig
+from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
+from assay.eval.stage import EvalConfig
 from assay.models import DEFAULT_MODEL
 from assay.studies.workspace import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
 from assay.train import TrainConfig

@@ -22,8 +22,9 @@ from pathlib import Path
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import read_records, write_records
 from assay.core.records import Problem
+from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
 from assay.eval.metrics import normalize_text
-from assay.eval.stage import CHAIN_SUM_SMALL, HELDOUT_SEED, EvalConfig
+from assay.eval.stage import EvalConfig
 from assay.models import DEFAULT_MODEL
 from assay.sampling.runner import SampleConfig
 from assay.select.stage import SelectConfig

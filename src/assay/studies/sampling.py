@@ -32,7 +32,7 @@ from pathlib import Path
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import read_records, write_json
 from assay.core.records import Problem, Sample, Verdict
-from assay.eval.stage import CHAIN_SUM_SMALL, HELDOUT_SEED
+from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
 from assay.train import TrainConfig
 
 

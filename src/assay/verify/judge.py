@@ -211,7 +211,7 @@ def import_audit(path: str | Path) -> list[Judgment]:
 
 def false_positive_rate(judgments: list[Judgment]) -> dict:
     """FPR over answer-correct items with a verdict, with a Wilson 95% interval."""
-    from assay.eval.stage import wilson
+    from assay.eval.stats import wilson
 
     judged = [j for j in judgments if j.valid is not None]
     invalid = sum(1 for j in judged if j.valid is False)

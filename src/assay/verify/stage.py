@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from assay.core.config import load_yaml, opt, save_yaml
-from assay.core.identity import short_hash
+from assay.core.hashing import short_hash
 from assay.core.io import InputError, open_resumable, read_numbered, read_problems
 from assay.core.records import Problem, Sample, Verdict, key
 from assay.verify import sandbox
