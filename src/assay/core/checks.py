@@ -98,11 +98,18 @@ def check_selectors(key: str, specs: list) -> None:
         passes(key, fn, [], arg, random.Random(0))
 
 
+def _backend(c, k, field="backend"):
+    """The backend name, and its options (unknown ones, bad values) as the stage will build them."""
+    from assay.sampling.backends import BACKENDS, options_of
+
+    one_of(k(field), getattr(c, field), BACKENDS.names(), "generation backend")
+    options_of(c, getattr(c, field), section=k("").rstrip("."))
+
+
 def _sample(c, k, skip, files):
-    from assay.sampling import BACKENDS
     from assay.sampling.runner import parse_shard
 
-    one_of(k("backend"), c.backend, BACKENDS.names(), "generation backend")
+    _backend(c, k)
     if "template" not in skip:
         check_template(k("template"), c.template)
     one_of(k("dtype"), c.dtype, DTYPES, "dtype")
@@ -189,6 +196,7 @@ def _train(c, k, skip, files):
 def _eval(c, k, skip, files):
     from assay.data.benchmarks import BENCHMARKS
 
+    _backend(c, k)
     if "template" not in skip:
         check_template(k("template"), c.template)
     one_of(k("dtype"), c.dtype, DTYPES, "dtype")
@@ -201,7 +209,7 @@ def _eval(c, k, skip, files):
         at_least(k("limit"), c.limit, 1)
     if "benchmark" not in skip and c.benchmark not in BENCHMARKS and not Path(c.benchmark).exists():
         passes(k("benchmark"), BENCHMARKS.get, c.benchmark)
-    if "model" not in skip:
+    if "model" not in skip and c.backend == "hf":
         check_model(k("model"), c.model)
 
 
@@ -215,12 +223,11 @@ def _problems(c, k, skip, files):
 
 
 def _judge(c, k, skip, files):
-    from assay.sampling import BACKENDS
     from assay.verify.judge import JUDGE_TEMPLATES
 
     one_of(k("backend"), c.backend, ("llm", "export", "import"), "judge backend")
     if c.backend == "llm":
-        one_of(k("generator"), c.generator, BACKENDS.names(), "generation backend")
+        _backend(c, k, "generator")
         one_of(k("template"), c.template, JUDGE_TEMPLATES.names(), "judge template")
         if c.generator == "hf":
             check_model(k("model"), c.model)
@@ -251,7 +258,9 @@ def _serve(c, k, skip, files):
     if not 0 <= c.port <= 65535:
         raise fail(k("port"), f"must be 0..65535, got {c.port}")
     at_least(k("max_batch"), c.max_batch, 1)
-    check_model(k("model"), c.model)
+    _backend(c, k)
+    if c.backend == "hf":
+        check_model(k("model"), c.model)
 
 
 def _plan(c, k, skip, files):

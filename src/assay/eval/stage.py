@@ -2,7 +2,8 @@
 
 Two numbers are comparable only if the same problems were asked the same way and judged by the
 same rules. So every result stores its protocol (problem-set hash, prompt template id and its
-text's hash, decoding, max tokens, samples and seed, verifier and extractors) and a short
+text's hash, decoding, max tokens, samples and seed, the generation backend and its
+output-changing options, verifier and extractors) and a short
 ``protocol_id`` hashed from it; :func:`compare` refuses results whose protocol ids differ.
 
 Metrics: greedy pass@1 (one temperature-0 completion per problem, with a Wilson 95% interval),
@@ -31,7 +32,7 @@ from assay.data.prompts import TEMPLATES
 from assay.eval.stats import paired_comparison, wilson
 from assay.models import DEFAULT_MODEL
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the backend and its output-changing options (dtype for hf) replace 'dtype'
 
 
 @dataclass
@@ -48,9 +49,13 @@ class EvalConfig:
     temperature: float = opt(0.7, help="sampling temperature for the n samples")
     top_p: float = opt(1.0, help="nucleus mass for the n samples")
     seed: int = opt(0, help="seed of the sampled completions")
-    max_batch: int = opt(64, help="rows decoded together")
-    dtype: str = opt("float32", help="model dtype; part of the protocol since it changes greedy outputs")
-    device: str = opt("cpu", help="torch device")
+    backend: str = opt("hf", help="generation backend: hf (local) or openai (an OpenAI-compatible server, see --base-url)")
+    max_batch: int = opt(64, help="rows decoded together (openai: concurrent requests)")
+    dtype: str = opt("float32", help="hf: model dtype; part of the protocol since it changes greedy outputs")
+    device: str = opt("cpu", help="hf: torch device")
+    base_url: str = opt("", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL)")
+    backend_options: dict = opt({}, help="the backend's own options over the flat flags (see `assay sample --help`), "
+                                         "e.g. n_params=7e9")
     data_dir: Optional[str] = opt(None, help="folder of the shared benchmark files (default $ASSAY_DATA or ../shared/data)")
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
 
@@ -64,6 +69,7 @@ def problems_hash(problems: list[Problem]) -> str:
 
 
 def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
+    from assay.sampling.backends import protocol_options
     from assay.verify.extract import DEFAULT_EXTRACTORS
 
     tpl = TEMPLATES.get(cfg.template)
@@ -75,7 +81,9 @@ def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
         "template": tpl.id, "template_sha256": hashlib.sha256(json.dumps([tpl.system, tpl.user]).encode()).hexdigest()[:16],
         "max_new_tokens": cfg.max_new_tokens, "greedy": cfg.greedy, "n": cfg.n,
         "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed} if cfg.n else None,
-        "dtype": cfg.dtype, "verifier": "auto", "extractors": list(DEFAULT_EXTRACTORS),
+        # What answers: a local model and a server of the same weights are two protocols until shown equal.
+        "backend": cfg.backend, "backend_options": protocol_options(eval_options(cfg)),
+        "verifier": "auto", "extractors": list(DEFAULT_EXTRACTORS),
     }
     p["protocol_id"] = hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]
     return p
@@ -89,24 +97,32 @@ def _sample_and_verify(cfg: EvalConfig, d: Path, tag: str, n: int, temperature: 
                         n=n, temperature=temperature, top_p=cfg.top_p if temperature > 0 else 1.0,
                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, template=cfg.template,
                         max_batch=cfg.max_batch, dtype=cfg.dtype, device=cfg.device,
-                        trust_remote_code=cfg.trust_remote_code)
+                        trust_remote_code=cfg.trust_remote_code, backend=cfg.backend, base_url=cfg.base_url,
+                        backend_options=dict(cfg.backend_options))
     summary = run_sampling(scfg, generator=generator)
     vcfg = verify.VerifyConfig(problems=scfg.problems, samples=scfg.out, out=str(d / f"{tag}.verdicts.jsonl"))
     verify.cli_run(vcfg)
     return read_records(scfg.out, Sample), read_records(vcfg.out, Verdict), summary
 
 
+def eval_options(cfg: EvalConfig):
+    """The checked options of ``cfg.backend`` (a server's request cache goes in the output folder)."""
+    from assay.sampling.backends import options_of
+
+    return options_of(cfg, defaults={"cache": str(Path(cfg.out) / "api_cache.jsonl")})
+
+
 def _lazy_generator(cfg: EvalConfig):
     """Load the model once for both the greedy and the sampled pass, and only if there is work."""
-    from assay.sampling import BACKENDS
+    from assay.sampling.backends import make_generator
 
+    options = eval_options(cfg)
     holder: dict[str, Any] = {}
 
     class Lazy:
         def generate(self, groups, decoding):
             if "g" not in holder:
-                holder["g"] = BACKENDS.get("hf")(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                                                 max_batch=cfg.max_batch, trust_remote_code=cfg.trust_remote_code)
+                holder["g"] = make_generator(cfg.backend, cfg.model, options)
             return holder["g"].generate(groups, decoding)
 
     return Lazy()
@@ -119,6 +135,7 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
 
     if not cfg.greedy and cfg.n < 1:
         raise InputError("eval: nothing to do: greedy=false and n=0")
+    eval_options(cfg)  # a bad backend option fails before anything is written
     d = Path(cfg.out)
     d.mkdir(parents=True, exist_ok=True)
     old = d / "eval_config.yaml"

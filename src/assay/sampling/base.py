@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol, Sequence
 
-from assay.core.registry import Registry
-
 
 @dataclass(frozen=True)
 class Decoding:
@@ -61,5 +59,4 @@ class Generator(Protocol):
         ...
 
 
-BACKENDS: Registry = Registry("generation backend")
-"""name -> factory(model_spec: str, **backend_options) -> Generator."""
+# The registry of backends and the one constructor are in ``assay.sampling.backends``.

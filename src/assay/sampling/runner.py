@@ -8,8 +8,8 @@ sample_index), so a redone sample is the same draw whichever batch it lands in.
 
 Resuming is only safe into a file made the same way. ``<out>.identity.json`` records what
 changes the draws (model and its files' hashes, backend, decoding, template and its text, base
-seed, dtype, device) and each sampled problem's question hash; a rerun that differs in any of
-them, or whose records disagree with it anywhere in the file, is refused. Output path, limit,
+seed, dtype, device, the backend's other output-changing options) and each sampled problem's
+question hash; a rerun that differs in any of them, or whose records disagree with it anywhere in the file, is refused. Output path, limit,
 shard, n and max_batch are not part of it: per-sample seeds make a draw independent of them.
 """
 
@@ -28,7 +28,8 @@ from assay.core.io import InputError, open_resumable, read_problems, write_json
 from assay.core.records import Problem, Sample, key
 from assay.data.prompts import TEMPLATES
 from assay.models import DEFAULT_MODEL
-from assay.sampling.base import BACKENDS, Decoding, Generator, PromptGroup
+from assay.sampling.backends import make_generator, options_of, protocol_options
+from assay.sampling.base import Decoding, Generator, PromptGroup
 
 
 @dataclass
@@ -52,6 +53,10 @@ class SampleConfig:
     shard: str = opt("0/1", help="'i/N': take problems whose position modulo N is i")
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
     base_url: str = opt("", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL)")
+    backend_options: dict = opt({}, help=("the backend's own options, over the flat flags above (hf: dtype, device, "
+                                          "max_batch, trust_remote_code, refill_fraction; openai: base_url, "
+                                          "concurrency, cache, n_params, api_key_env, max_retries, backoff_s, "
+                                          "timeout_s, chat), e.g. n_params=7e9,concurrency=4"))
     budget: str = opt("", help=("sample until this many FLOPs are realized, then trim to it (e.g. 1e15); n is the "
                                 "starting guess (see `assay plan`); raw samples go to <out>.all.jsonl"))
 
@@ -89,11 +94,22 @@ def plan_groups(problems: Iterable[Problem], n: int, seed: int, template: str,
     return groups
 
 
+def backend_options(cfg: SampleConfig):
+    """The checked options of ``cfg.backend``; the request cache lies beside the output unless set."""
+    return options_of(cfg, defaults={"cache": str(cfg.out) + ".api_cache.jsonl"})
+
+
 def _identity(cfg: SampleConfig, decoding: Decoding, hashes: FileHashes) -> dict:
     tpl = TEMPLATES.get(cfg.template)
-    return {"model": model_identity(cfg.model, hashes), "backend": cfg.backend, "decoding": decoding.as_dict(),
-            "template": {"id": tpl.id, "text": short_hash([tpl.system, tpl.user])}, "seed": cfg.seed,
-            "dtype": cfg.dtype, "device": cfg.device}
+    opts = backend_options(cfg)
+    ident = {"model": model_identity(cfg.model, hashes), "backend": cfg.backend, "decoding": decoding.as_dict(),
+             "template": {"id": tpl.id, "text": short_hash([tpl.system, tpl.user])}, "seed": cfg.seed,
+             "dtype": getattr(opts, "dtype", cfg.dtype), "device": getattr(opts, "device", cfg.device)}
+    # Other output-changing options only when off their default, so files sampled before they
+    # could be set (all with the default) still resume.
+    defaults = protocol_options(type(opts)())
+    extra = {k: v for k, v in protocol_options(opts).items() if k not in ident and v != defaults[k]}
+    return {**ident, "backend_options": extra} if extra else ident
 
 
 def _check_resume(existing: list[Sample], cfg: SampleConfig, decoding: Decoding, problems: list[Problem],
@@ -152,10 +168,7 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
         writer.close()
         return summary
     if generator is None:
-        factory = BACKENDS.get(cfg.backend)
-        generator = factory(cfg.model, dtype=cfg.dtype, device=cfg.device, max_batch=cfg.max_batch,
-                            trust_remote_code=cfg.trust_remote_code, base_url=cfg.base_url,
-                            cache=str(cfg.out) + ".api_cache.jsonl")
+        generator = make_generator(cfg.backend, cfg.model, backend_options(cfg))
     from assay.core.progress import bar as progress_bar
 
     t0 = time.perf_counter()

@@ -62,9 +62,11 @@ class ServeConfig:
     name: str = opt("", help="model name the API reports and accepts (default: the spec)")
     host: str = opt("127.0.0.1", help="bind address; anything but loopback requires an API key")
     port: int = opt(8000, help="port; 0 picks a free one (printed on start)")
+    backend: str = opt("hf", help="generation backend behind the API (openai: relay another server)")
     max_batch: int = opt(32, help="rows decoded together")
     dtype: str = opt("float32", help="model dtype")
     device: str = opt("cpu", help="torch device")
+    backend_options: dict = opt({}, help="the backend's own options (see `assay sample --help`), e.g. refill_fraction=0.25")
     max_tokens_limit: int = opt(4096, help="refuse requests asking for more new tokens than this")
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
     api_key_env: str = opt("", help="environment variable holding the API key clients must send as a Bearer token")
@@ -405,10 +407,9 @@ def make_server(cfg: ServeConfig, generator=None) -> ThreadingHTTPServer:
     """Check the config, load the model (unless given a generator) and bind; raises InputError."""
     api_key = check_config(cfg)
     if generator is None:
-        from assay.sampling.hf import HFGenerator
+        from assay.sampling.backends import make_generator, options_of
 
-        generator = HFGenerator(cfg.model, dtype=cfg.dtype, device=cfg.device, max_batch=cfg.max_batch,
-                                trust_remote_code=cfg.trust_remote_code)
+        generator = make_generator(cfg.backend, cfg.model, options_of(cfg))
     host = cfg.host.strip().strip("[]")
     server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
     handler = make_handler(Batcher(generator), cfg.name or cfg.model, cfg, api_key)

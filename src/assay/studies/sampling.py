@@ -171,9 +171,9 @@ def run(cfg: StudySamplingConfig) -> dict:
             export_audit(items, d / f"{tag}.audit.csv")
             res["fpr"] = {"fpr": None, "judged": 0, "note": f"audit sheet {tag}.audit.csv exported ({len(items)} items)"}
         elif cfg.judge:
-            from assay.sampling import BACKENDS
+            from assay.sampling.backends import make_generator
 
-            judge_gen = BACKENDS.get("hf")(cfg.judge, max_batch=16)
+            judge_gen = make_generator("hf", cfg.judge, {"max_batch": 16})
             js = LLMJudge(judge_gen, cfg.judge, cache=str(d / f"{tag}.judge_cache.jsonl")).judge(items)
             from assay.core.io import write_records
 

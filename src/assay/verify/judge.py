@@ -122,7 +122,7 @@ class _CacheRow:
 
 
 class LLMJudge:
-    """A judge backed by any ``Generator`` (local HF today; an OpenAI-compatible server later)."""
+    """A judge backed by any ``Generator`` (``assay.sampling.backends``: local HF or an OpenAI-compatible server)."""
 
     def __init__(self, generator, model_name: str, template: str = "judge-v1", max_new_tokens: int = 512,
                  cache: Optional[str | Path] = None):
@@ -256,10 +256,26 @@ class JudgeConfig:
     model: str = opt(DEFAULT_MODEL, help="llm: the judge model spec (or the served model's name with generator=openai)")
     generator: str = opt("hf", help="llm: hf (local) or openai (an OpenAI-compatible server, see --base-url)")
     base_url: str = opt("", help="llm with generator=openai: the server URL (default $OPENAI_BASE_URL)")
+    backend_options: dict = opt({}, help="llm: the generator's own options (see `assay sample --help`), e.g. "
+                                         "dtype=bfloat16 or n_params=7e9,concurrency=4")
     template: str = opt("judge-v1", help="llm: judge prompt template id")
     max_new_tokens: int = opt(512, help="llm: judge output limit")
     audit: str = opt("audit.csv", help="export/import: the audit sheet path")
     limit: int = opt(0, help="judge at most this many answer-correct samples (0 = all)")
+
+
+def judge_options(cfg: JudgeConfig, section: str = ""):
+    """The checked options of the judge's generator: 16 rows (or requests) at once unless set."""
+    from assay.sampling.backends import options_of
+
+    return options_of(cfg, cfg.generator, section=section,
+                      defaults={"max_batch": 16, "concurrency": 16, "cache": str(cfg.out) + ".api_cache.jsonl"})
+
+
+def judge_generator(cfg: JudgeConfig):
+    from assay.sampling.backends import make_generator
+
+    return make_generator(cfg.generator, cfg.model, judge_options(cfg))
 
 
 def cli_run(cfg: JudgeConfig) -> int:
@@ -282,11 +298,7 @@ def cli_run(cfg: JudgeConfig) -> int:
             from assay.core.registry import did_you_mean
 
             raise InputError(f"judge backend '{cfg.backend}'{did_you_mean(cfg.backend, ['llm', 'export', 'import'])}")
-        from assay.sampling import BACKENDS
-
-        gen = BACKENDS.get(cfg.generator)(cfg.model, max_batch=16, base_url=cfg.base_url,
-                                          cache=str(cfg.out) + ".api_cache.jsonl")
-        js = LLMJudge(gen, cfg.model, cfg.template, cfg.max_new_tokens, cache=str(cfg.out) + ".cache.jsonl").judge(items)
+        js = LLMJudge(judge_generator(cfg), cfg.model, cfg.template, cfg.max_new_tokens, cache=str(cfg.out) + ".cache.jsonl").judge(items)
     write_records(cfg.out, judgments_to_dicts(js))
     fpr = false_positive_rate(js)
     write_json(str(cfg.out) + ".fpr.json", {**fpr, "judge": js[0].judge if js else None})
