@@ -8,20 +8,18 @@ import pytest
 
 from assay.core.io import InputError, read_records, write_records
 from assay.core.records import Problem, Sample, SFTExample, Verdict
+from assay.data.text import clusters, ngrams, words
 from assay.select.curate import (
     CurateConfig,
     Item,
-    clusters,
     decontaminate,
     dedup,
     difficulty,
     diverse,
     load_keywords,
-    ngrams,
     rubric,
     rubric_scores,
     run_curation,
-    words,
 )
 
 

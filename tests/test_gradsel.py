@@ -110,7 +110,7 @@ def test_feature_store_resumes_without_recomputing(tiny_model_dir, tmp_path):
 def test_select_method_gradient_end_to_end_finds_planted_copies(tiny_model_dir, tmp_path):
     from assay.core.io import read_records, write_records
     from assay.core.records import Problem, Sample, SFTExample
-    from assay.select.stage import SelectConfig, run_select
+    from assay.select.stage import LessOptions, SelectConfig, run_select
 
     words_ = ["apple", "river", "stone", "cloud", "seven", "green", "house", "light", "music", "paper"]
     probs = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i), "t") for i in range(16)]
@@ -125,12 +125,13 @@ def test_select_method_gradient_end_to_end_finds_planted_copies(tiny_model_dir, 
            for i in planted]
     write_records(tmp_path / "target.jsonl", tgt)
     cfg = SelectConfig(problems=str(tmp_path / "p.jsonl"), samples=str(tmp_path / "s.jsonl"), verdicts="",
-                       out=str(tmp_path / "sel.jsonl"), selectors=["dedup"], method="gradient",
-                       targets=[str(tmp_path / "target.jsonl")], n=4, model=str(tiny_model_dir), warmup_fraction=0.5,
-                       warmup_epochs=2, lora_r=4, dim=512)
+                       out=str(tmp_path / "sel.jsonl"), selectors=["dedup", "less"],
+                       less=LessOptions(targets=[str(tmp_path / "target.jsonl")], n=4, model=str(tiny_model_dir),
+                                        warmup_fraction=0.5, warmup_epochs=2, lora_r=4, dim=512))
     s = run_select(cfg)
     rows = read_records(tmp_path / "sel.jsonl", SFTExample)
-    assert s["examples"] == 4 and s["funnel"][-1]["step"] == "gradient"
+    assert s["examples"] == 4 and s["funnel"][-1]["step"] == "less"
+    assert {r.selected_by for r in rows} == {"dedup>less"}
     assert {f"p{i}" for i in planted} <= {r.problem_id for r in rows}
     ck = sorted((tmp_path / "sel.jsonl.gradient" / "warmup" / "checkpoints").glob("checkpoint-*"))
     assert len(ck) == 2 and all((c / "optimizer.pt").exists() for c in ck)

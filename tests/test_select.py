@@ -9,7 +9,14 @@ import pytest
 
 from assay.core.io import InputError, read_records, write_records
 from assay.core.records import Problem, Sample, SFTExample, Verdict
+from assay.select.filters import Context
 from assay.select.stage import SELECTORS, SelectConfig, build_candidates, run_pipeline, run_select
+
+
+def _apply(name, cands, arg=None):
+    """One selector alone, as the pipeline runs it: (kept, [(candidate, reason)])."""
+    kept, rej = SELECTORS.get(name).apply(cands, Context(step=name, arg=arg, rng=random.Random(0)))
+    return kept, [(r.item, r.reason) for r in rej]
 
 
 def _sample(pid: str, i: int, text: str, tokens: int, finish: str = "stop") -> Sample:
@@ -51,11 +58,11 @@ def test_correct_finished_dedup_exact():
 
 def test_shortest_longest_and_cap():
     cands = build_candidates(*_pool(), where="t")
-    assert _keys(SELECTORS.get("shortest")(cands, None, random.Random(0))[0]) == [("a", 0), ("b", 0)]
+    assert _keys(_apply("shortest", cands)[0]) == [("a", 0), ("b", 0)]
     # Ties on length break on sample_index: a/2 and a/0 both have 1 token.
-    assert _keys(SELECTORS.get("shortest")(cands, "2", random.Random(0))[0]) == [("a", 0), ("a", 2), ("b", 0), ("b", 1)]
-    assert _keys(SELECTORS.get("longest")(cands, None, random.Random(0))[0]) == [("a", 4), ("b", 1)]
-    kept, rej = SELECTORS.get("max_per_problem")(cands, "2", random.Random(0))
+    assert _keys(_apply("shortest", cands, "2")[0]) == [("a", 0), ("a", 2), ("b", 0), ("b", 1)]
+    assert _keys(_apply("longest", cands)[0]) == [("a", 4), ("b", 1)]
+    kept, rej = _apply("max_per_problem", cands, "2")
     per = {}
     for c in kept:
         per[c.problem.id] = per.get(c.problem.id, 0) + 1
@@ -76,10 +83,10 @@ def test_source_keeps_one_task_by_full_or_short_name():
     problems = [Problem("x", "1 + 1 =", "2", "reasoning_gym:chain_sum"), Problem("y", "gcd(4, 6)", "2", "reasoning_gym:gcd")]
     samples = [_sample("x", 0, "2", 1), _sample("y", 0, "2", 1), _sample("x", 1, "2", 1)]
     cands = build_candidates(problems, samples, [], where="t")
-    kept, rej = SELECTORS.get("source")(cands, "chain_sum", random.Random(0))
+    kept, rej = _apply("source", cands, "chain_sum")
     assert _keys(kept) == [("x", 0), ("x", 1)]
     assert [r for _, r in rej] == ["source reasoning_gym:gcd is not chain_sum"]
-    assert _keys(SELECTORS.get("source")(cands, "reasoning_gym:gcd", random.Random(0))[0]) == [("y", 0)]
+    assert _keys(_apply("source", cands, "reasoning_gym:gcd")[0]) == [("y", 0)]
     with pytest.raises(InputError, match="needs a source name"):
         run_pipeline(cands, ["source"], seed=0)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import random
 from pathlib import Path
 from typing import Any, Callable, Collection
 
@@ -91,11 +90,11 @@ def check_template(key: str, template: str) -> None:
 
 
 def check_selectors(key: str, specs: list) -> None:
-    """Names and arguments: each selector runs once on no candidates, which parses its argument."""
+    """Names and arguments: each selector checks its own argument."""
     from assay.select.stage import parse_pipeline
 
-    for name, arg, fn in passes(key, parse_pipeline, [str(s) for s in specs]):
-        passes(key, fn, [], arg, random.Random(0))
+    for name, arg, flt in passes(key, parse_pipeline, [str(s) for s in specs]):
+        passes(key, flt.check, arg)
 
 
 def _backend(c, k, field="backend"):
@@ -160,10 +159,14 @@ def _select(c, k, skip, files):
     if "selectors" not in skip:
         check_selectors(k("selectors"), c.selectors)
     one_of(k("method"), c.method, ("pipeline", "gradient"), "selection method")
-    if c.method != "gradient":
-        return
+    # The less section matters only when the less selector runs (method gradient appends it).
+    if c.method == "gradient" or "less" in [str(s).partition(":")[0] for s in c.selectors]:
+        _less(c.less, lambda name: k(f"less.{name}"), skip, files)
+
+
+def _less(c, k, skip, files):
     if "targets" not in skip and not c.targets:
-        raise fail(k("targets"), "method gradient needs target example files (SFT JSONL)")
+        raise fail(k("targets"), "the less selector needs target example files (SFT JSONL)")
     at_least(k("n"), c.n, 0)
     unit_interval(k("fraction"), c.fraction)
     unit_interval(k("warmup_fraction"), c.warmup_fraction)
@@ -277,7 +280,7 @@ def _plan(c, k, skip, files):
 
 
 _STAGES: dict[str, Callable] = {
-    "SampleConfig": _sample, "VerifyConfig": _verify, "StatsConfig": _stats, "SelectConfig": _select,
+    "SampleConfig": _sample, "VerifyConfig": _verify, "StatsConfig": _stats, "SelectConfig": _select, "LessOptions": _less,
     "TrainConfig": _train, "EvalConfig": _eval, "ProblemsConfig": _problems, "JudgeConfig": _judge,
     "CurateConfig": _curate, "ServeConfig": _serve, "PlanConfig": _plan,
 }

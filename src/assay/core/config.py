@@ -279,6 +279,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         help_ = f.metadata.get("help", "")
         parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
                             help=f"{help_} (default: {default!r})")
+    # A config may keep flags for fields that moved into a section (``FLAGS = {"n": "less.n"}``),
+    # so an older command line still runs.
+    for name, dotted in getattr(cls, "FLAGS", {}).items():
+        parser.add_argument("--" + name.replace("_", "-"), dest="_flag_" + name, default=None,
+                            metavar=name.upper(), help=f"same as the override {dotted}=VALUE")
     parser.add_argument("--config", dest="_config", default=None, help="a YAML file of these settings")
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted overrides, applied last (e.g. temperature=0.7)")
@@ -291,6 +296,9 @@ def config_from_args(cls: Type[C], args: argparse.Namespace) -> C:
         v = getattr(args, f.name, None)
         if v is not None:
             data[f.name] = v  # a string; _coerce converts it to the field's type
+    for name, dotted in getattr(cls, "FLAGS", {}).items():
+        if getattr(args, "_flag_" + name, None) is not None:
+            set_dotted(data, dotted, getattr(args, "_flag_" + name))
     items = list(getattr(args, "overrides", []) or [])
     positional = getattr(cls, "POSITIONAL", None)
     if positional:

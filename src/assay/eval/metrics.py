@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import InputError, read_problems, read_records, write_json
 from assay.core.records import Problem, Sample, Verdict, key
+from assay.data.text import normalize_text  # moved to data.text, shared with dedup; still importable here
 
 # --------------------------------------------------------------------------------------------
 # Pure estimators
@@ -87,27 +86,6 @@ def coverage_at_k(counts: Iterable[tuple[int, int]], k: int) -> tuple[Optional[f
     if not values:
         return None, 0
     return math.fsum(values) / len(values), len(values)
-
-
-_WS = re.compile(r"\s+")
-# A space next to a character that is neither a word character nor a space.
-_SPACE_AROUND_PUNCT = re.compile(r" ?([^\w\s]) ?")
-
-
-def normalize_text(text: str) -> str:
-    """The normal form under which two answers, or two solutions, count as the same.
-
-    In order: Unicode NFKC normalisation; ``str.casefold()`` (Unicode lowercasing); every run of
-    whitespace becomes one space; leading and trailing spaces are removed; a single space on
-    either side of a punctuation character (anything that is neither a letter, digit, underscore
-    nor whitespace, so ``+ = , . ( ) \\ $`` and the like) is removed.
-
-    So ``"X + 1 = 2"``, ``"x+1=2"`` and ``"x  +1 =\\n2"`` are one text, while ``"x 1"`` and ``"x1"``
-    stay different (a space between two word characters can carry meaning).
-    """
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = _WS.sub(" ", text).strip()
-    return _SPACE_AROUND_PUNCT.sub(r"\1", text)
 
 
 def majority_vote(voted: Sequence[tuple[Sample, Verdict]]) -> Optional[bool]:

@@ -1,8 +1,9 @@
 """LIMO-style curation: from a large pool to the few hundred examples that matter.
 
-Each step is a pure function from the items it is given to (kept, rejected-with-reason), and
-``run_curation`` writes both sides of every step plus a funnel, so a user can audit every
-decision (Ye et al. 2025, "LIMO: Less is More for Reasoning"):
+Each step is a pure function from the items it is given to (kept, rejected-with-reason),
+registered as a filter (``assay.select.filters``, the protocol ``assay select``'s selectors share),
+and ``run_curation`` runs them through the same loop, writing both sides of every step plus the
+same funnel, so a user can audit every decision (Ye et al. 2025, "LIMO: Less is More for Reasoning"):
 
 - ``difficulty``: keep problems whose pass rate under each reference model lies in a band (for
   example solved 1-3 times out of 32 by a strong model and never by a weak one);
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import inspect
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -32,13 +32,9 @@ from assay.core.config import opt
 from assay.core.io import InputError
 from assay.core.registry import Registry, did_you_mean
 from assay.data import DATA_DIR
-
-_WORD = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*|[^\sa-z0-9]")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (numbers and symbols count as words: '3 + 5' has three)."""
-    return _WORD.findall(text.lower())
+from assay.data.text import Match, find_duplicates, find_matches, words
+from assay.select.filters import Context, Filter, FunctionFilter, Step, run_filters, write_rejected
+from assay.select.selectors import Candidate, to_example
 
 
 @dataclass
@@ -58,12 +54,13 @@ class Item:
 
 
 Rejected = tuple[Item, str]
-STEPS: Registry[Callable] = Registry("curation step")
+STEPS: Registry[Filter] = Registry("curation step")
 
 
 def step(name: str):
+    """Register ``fn(items, **options)`` as the curation step ``name``; the function itself is returned."""
     def deco(fn):
-        STEPS.add(name, fn)
+        STEPS.add(name, FunctionFilter(name, fn, call=lambda f, items, ctx: f(items, **(ctx.options or {}))))
         return fn
 
     return deco
@@ -93,75 +90,24 @@ def difficulty(items: list[Item], bands: dict) -> tuple[list[Item], list[Rejecte
     return kept, rej
 
 
-def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
-    """Word n-grams; a text shorter than n is one gram (so short items can still match whole)."""
-    if len(tokens) < n:
-        return {tuple(tokens)} if tokens else set()
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
-
-
 @step("decontaminate")
 def decontaminate(items: list[Item], against: list, n: int = 13) -> tuple[list[Item], list[Rejected]]:
     """Drop items sharing a word n-gram with any benchmark problem in ``against``."""
-    index: dict[tuple, str] = {}
-    for p in against:
-        for g in ngrams(words(p.question), n):
-            index.setdefault(g, p.id)
+    hits = find_matches([it.problem.question for it in items], [p.question for p in against], Match("ngram", n=n))
     kept, rej = [], []
-    for it in items:
-        hit = next((index[g] for g in ngrams(words(it.problem.question), n) if g in index), None)
-        if hit is None:
+    for it, j in zip(items, hits):
+        if j is None:
             kept.append(it)
         else:
-            it.scores["contaminated_by"] = hit
-            rej.append((it, f"shares a {n}-gram with benchmark item {hit}"))
+            it.scores["contaminated_by"] = against[j].id
+            rej.append((it, f"shares a {n}-gram with benchmark item {against[j].id}"))
     return kept, rej
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
-def clusters(texts: list[str], threshold: float = 0.8, shingle: int = 3, max_bucket: int = 200) -> list[int]:
-    """Cluster id per text: texts whose word-shingle Jaccard >= threshold are joined (union-find).
-
-    Candidate pairs come from an inverted index of shingles, so only texts sharing a shingle are
-    compared. Shingles found in more than ``max_bucket`` texts ("what is the") are boilerplate and
-    do not propose pairs (two near-duplicates share many rarer shingles too), which keeps the
-    pair count near-linear instead of quadratic in the pool size.
-    """
-    sh = [ngrams(words(t), shingle) for t in texts]
-    parent = list(range(len(texts)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    index: dict[tuple, list[int]] = {}
-    for i, s in enumerate(sh):
-        for g in s:
-            index.setdefault(g, []).append(i)
-    seen = set()
-    for members in index.values():
-        if len(members) > max_bucket:
-            continue
-        for x in range(len(members)):
-            for y in range(x + 1, len(members)):
-                i, j = members[x], members[y]
-                if (i, j) in seen:
-                    continue
-                seen.add((i, j))
-                if find(i) != find(j) and jaccard(sh[i], sh[j]) >= threshold:
-                    parent[max(find(i), find(j))] = min(find(i), find(j))
-    return [find(i) for i in range(len(texts))]
 
 
 @step("dedup")
 def dedup(items: list[Item], threshold: float = 0.8, shingle: int = 3) -> tuple[list[Item], list[Rejected]]:
     """Keep the first item of each near-duplicate cluster."""
-    ids = clusters([it.problem.question for it in items], threshold, shingle)
+    ids = find_duplicates([it.problem.question for it in items], Match("jaccard", n=shingle, threshold=threshold))
     first: dict[int, Item] = {}
     kept, rej = [], []
     for it, c in zip(items, ids):
@@ -298,7 +244,6 @@ def run_curation(cfg: CurateConfig) -> dict:
     """Run the steps; write every step's kept and rejected items and the funnel."""
     from assay.core.io import read_problems, read_records, write_json, write_records
     from assay.core.records import Sample, Verdict
-    from assay.select.stage import to_example
 
     problems = read_problems(cfg.problems)
     items = {p.id: Item(p) for p in problems}
@@ -322,25 +267,29 @@ def run_curation(cfg: CurateConfig) -> dict:
                 it.chains.append(s)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    current = list(items.values())
-    funnel = [{"step": "input", "kept": len(current)}]
-    for i, spec in enumerate(cfg.steps, start=1):
+    steps = []
+    for i, spec in enumerate(cfg.steps):
         if not isinstance(spec, dict) or len(spec) != 1:
-            raise InputError(f"curate steps[{i - 1}]: expected {{name: options}}, got {spec!r}")
+            raise InputError(f"curate steps[{i}]: expected {{name: options}}, got {spec!r}")
         (name, opts), = spec.items()
-        fn = STEPS.get(name)
+        flt = STEPS.get(name)
         opts = dict(opts or {})
-        params = [p for p in inspect.signature(fn).parameters if p not in ("items", "against")]
+        params = [p for p in inspect.signature(flt).parameters if p not in ("items", "against")]
         for k in opts:
             if k not in params + (["benchmarks"] if name == "decontaminate" else []):
-                raise InputError(f"curate steps[{i - 1}].{name}: unknown option '{k}'{did_you_mean(k, params)}")
+                raise InputError(f"curate steps[{i}].{name}: unknown option '{k}'{did_you_mean(k, params)}")
         if name == "decontaminate":
             opts["against"] = _benchmark_problems(opts.pop("benchmarks", []), cfg.data_dir, out)
-        current, rej = fn(current, **opts)
-        tag = f"{i:02d}_{name}"
-        write_records(out / f"{tag}.kept.jsonl", [_row(it) for it in current])
-        write_records(out / f"{tag}.rejected.jsonl", [{**_row(it), "reason": r} for it, r in rej])
-        funnel.append({"step": name, "kept": len(current), "dropped": len(rej)})
+        steps.append(Step(flt, Context(step=name, options=opts)))
+
+    def write_step(i: int, st: Step, kept: list, rej: list) -> None:
+        tag = f"{i + 1:02d}_{st.ctx.step}"
+        write_records(out / f"{tag}.kept.jsonl", [_row(it) for it in kept])
+        write_rejected(out / f"{tag}.rejected.jsonl", rej, _row)
+
+    current, rejected, funnel = run_filters(list(items.values()), steps, after=write_step)
+    # Every rejection in one file too, as `assay select` writes them.
+    write_rejected(out / "rejected.jsonl", rejected, _row)
     write_records(out / "problems.jsonl", [it.problem for it in current])
     examples = [to_example(_candidate(it), "curate:" + ">".join(next(iter(s)) for s in cfg.steps))
                 for it in current if it.best is not None]
@@ -356,9 +305,7 @@ def _row(it: Item) -> dict:
             "attempts": {m: list(v) for m, v in it.attempts.items()}}
 
 
-def _candidate(it: Item):
-    from assay.select.stage import Candidate
-
+def _candidate(it: Item) -> Candidate:
     return Candidate(it.problem, it.best, None)
 
 

@@ -11,8 +11,10 @@ model the way a step on the target data would. LESS estimates that with LoRA gra
 - a training example's score is, per checkpoint, the max over target tasks of its mean cosine
   to the task's examples, summed over checkpoints weighted by their learning rate.
 
-This module holds the pieces that need no model (projection, preconditioning, scoring) and the
-per-example LoRA gradient; they are what the selection command composes.
+This module holds the pieces that need no model (projection, preconditioning, scoring), the
+per-example LoRA gradient, and the ``less`` selector that composes them behind the one filter
+protocol (``--selectors correct,dedup,less``): it runs the warmup training itself, so the select
+stage knows nothing of models or training, and it has its own options section (``LessOptions``).
 
 The projection never materialises the d x D matrix: it is generated block by block from a seeded
 generator (Rademacher entries +-1/sqrt(d)), so memory is d x block, and the same seed gives the
@@ -23,9 +25,17 @@ this one makes d x D signs once per block, in torch, and reuses nothing between 
 from __future__ import annotations
 
 import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+
+from assay.core.config import opt
+from assay.core.io import InputError
+from assay.select.filters import Context, Rejection
+from assay.select.selectors import SELECTORS, to_example
 
 
 class BlockProjector:
@@ -303,3 +313,76 @@ def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmu
     cost = {"checkpoints": len(ckpts), "gradients": len(ckpts) * len(lengths), "tokens": len(ckpts) * sum(lengths),
             "flops": flops}
     return less_scores(train_feats, target_feats, lrs), cost
+
+
+# ---- the ``less`` selector --------------------------------------------------------------------------
+
+@dataclass
+class LessOptions:
+    """The ``less`` selector's settings: ``SelectConfig.less`` (``less.n=100``), or a study's section."""
+
+    targets: list = opt([], help="SFT JSONL files of target examples, one task per file")
+    n: int = opt(0, help="keep the top N (or use fraction)")
+    fraction: float = opt(0.05, help="keep the top fraction when n is 0")
+    model: str = opt("smollm2-135m-instruct", help="the model whose LoRA gradients are the features")
+    warmup_fraction: float = opt(0.05, help="fraction of the pool for the warmup LoRA run")
+    warmup_epochs: int = opt(4, help="warmup epochs; one checkpoint (with optimizer state) per epoch")
+    lora_r: int = opt(8, help="LoRA rank of the warmup")
+    dim: int = opt(8192, help="projection dimension")
+    max_length: int = opt(512, help="truncate examples to this many tokens")
+    checkpointing: bool = opt(False, help="gradient checkpointing, for chains longer than memory allows")
+
+
+class LessSelector:
+    """LESS over the candidates it is given: warmup LoRA, per-checkpoint features, the top scores.
+
+    Needs ``ctx.options`` (LessOptions) and ``ctx.workdir`` (warmup run, features, ``scores.json``);
+    reports the warmup's and the gradients' FLOPs in ``ctx.cost``, which the funnel records.
+    """
+
+    name = "less"
+
+    def check(self, arg: Optional[str]) -> None:
+        if arg is not None:
+            raise InputError(f"selector 'less' takes no argument (got 'less:{arg}'); set less.n or less.fraction")
+
+    def apply(self, cands: list, ctx: Context) -> tuple[list, list[Rejection]]:
+        from assay.core.io import read_records, write_json, write_records
+        from assay.core.records import SFTExample
+        from assay.train import LoraOptions, TrainConfig, run_training
+
+        self.check(ctx.arg)
+        o: LessOptions = ctx.options
+        if not o.targets:
+            raise InputError("selector 'less' needs less.targets (SFT JSONL files of target examples)")
+        if not cands:
+            raise InputError("selector 'less': the steps before it left no candidates")
+        work = Path(ctx.workdir)
+        pool = [to_example(c, "pool") for c in cands]
+        # Seeded by the stage's seed, not the step's derived RNG: the warmup slice does not move
+        # when steps are added before this one.
+        warm = random.Random(ctx.seed).sample(pool, max(1, math.ceil(o.warmup_fraction * len(pool))))
+        write_records(work / "warmup.jsonl", warm)
+        per_epoch = max(1, math.ceil(len(warm) / 8))
+        warm_summary = run_training(TrainConfig(
+            data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=o.model,
+            lora=LoraOptions(r=o.lora_r, alpha=2 * o.lora_r), epochs=o.warmup_epochs, batch_size=8,
+            save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=ctx.seed, max_length=o.max_length),
+            progress=False)
+        targets = {Path(t).stem: read_records(t, SFTExample) for t in o.targets}
+        scores, cost = gradient_scores(o.model, pool, targets, work / "warmup", o.dim, ctx.seed, o.max_length,
+                                       work / "features", checkpointing=o.checkpointing)
+        top = top_indices(scores, n=o.n or None, fraction=None if o.n else o.fraction)
+        chosen = set(top)
+        write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s)
+                                          for c, s in zip(cands, scores)})
+        ctx.cost.update({"warmup_flops": warm_summary["flops"], "feature_flops": cost.pop("flops"), **cost})
+        ctx.cost["flops"] = ctx.cost["warmup_flops"] + ctx.cost["feature_flops"]
+        # Kept in score order, best first, as LESS ranks them (the one filter that orders its output).
+        kept = [cands[i] for i in top]
+        rej = [Rejection(c, ctx.step, f"gradient score {scores[i]:.4g} below the top {len(top)}")
+               for i, c in enumerate(cands) if i not in chosen]
+        return kept, rej
+
+
+SELECTORS.add("less", LessSelector())

@@ -23,7 +23,7 @@ from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import read_records, write_records
 from assay.core.records import Problem
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
-from assay.eval.metrics import normalize_text
+from assay.data.text import Match, find_matches
 from assay.eval.stage import EvalConfig
 from assay.models import DEFAULT_MODEL
 from assay.sampling.runner import SampleConfig
@@ -91,14 +91,13 @@ def check(cfg: QuickstartConfig) -> None:
 
 def decontaminate(pool: list[Problem], heldout: list[Problem]) -> tuple[list[Problem], list[dict]]:
     """Drop pool problems whose question also appears (normalised) in the held-out set."""
-    seen = {normalize_text(p.question): p.id for p in heldout}
+    hits = find_matches([p.question for p in pool], [h.question for h in heldout], Match("exact"))
     kept, dropped = [], []
-    for p in pool:
-        hit = seen.get(normalize_text(p.question))
-        if hit is None:
+    for p, j in zip(pool, hits):
+        if j is None:
             kept.append(p)
         else:
-            dropped.append({**dataclasses.asdict(p), "reason": f"same question as held-out problem {hit}"})
+            dropped.append({**dataclasses.asdict(p), "reason": f"same question as held-out problem {heldout[j].id}"})
     return kept, dropped
 
 

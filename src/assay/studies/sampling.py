@@ -95,7 +95,7 @@ def arm_curves(problems: list[Problem], samples: list[Sample], verdicts: list[Ve
     Uses the first j samples (by index) of each problem: the samples are i.i.d. draws, so this is an
     unbiased estimate, and the FLOPs at j are the realized FLOPs of exactly those samples.
     """
-    from assay.eval.metrics import normalize_text
+    from assay.data.text import normalize_text
 
     ok = {(v.problem_id, v.sample_index): v.correct for v in verdicts}
     by_p: dict[str, list[Sample]] = {}

@@ -5,7 +5,7 @@ preconditioned LoRA) gradients point the way a few target examples' gradients do
 worth measuring is whether that beats cheaper choices at the same data size, so this study builds
 one pool that mixes a target task with distractor tasks and makes four SFT sets of N examples:
 
-- ``gradient-N``: the LESS pipeline (``select --method gradient``) scored against target examples;
+- ``gradient-N``: the LESS pipeline (the ``less`` selector last) scored against target examples;
 - ``random-N``: N drawn at random from the same pool;
 - ``curated-N``: LIMO curation of the pool (difficulty band, decontamination, near-duplicate removal,
   rubric, N chosen round-robin across tasks), which does not know the target;
@@ -33,6 +33,7 @@ from assay.core.records import Problem, Sample, SFTExample
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
 from assay.eval.stage import EvalConfig
 from assay.models import DEFAULT_MODEL
+from assay.select.less import LessOptions
 from assay.select.stage import SelectConfig
 from assay.studies.workspace import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
 from assay.train import TrainConfig
@@ -65,10 +66,10 @@ class StudySelectionConfig:
     template: str = opt("plain-v1", help="prompt template for sampling, training and evaluation")
     sample_max_new_tokens: int = opt(96, help="completion limit when sampling pool and dev problems")
     train_steps: int = opt(24, help="the training budget: optimizer steps for every student")
-    gradient: SelectConfig = field(
-        default_factory=lambda: SelectConfig(method="gradient", warmup_fraction=0.25, max_length=256),
+    gradient: LessOptions = field(
+        default_factory=lambda: LessOptions(warmup_fraction=0.25, max_length=256),
         metadata={"help": "LESS settings: warmup_fraction, warmup_epochs, lora_r, dim, max_length, checkpointing "
-                          "(files, selectors, n, model and seed are set by the study)"})
+                          "(targets, n and model are set by the study)"})
     train: TrainConfig = train_section()
     eval: EvalConfig = eval_section()
     run_dir: str = opt("runs/study-selection", help="where everything goes")
@@ -110,8 +111,7 @@ def check(cfg: StudySelectionConfig) -> None:
         at_least(name, getattr(cfg, name), 1)
     check_template("template", cfg.template)
     check_selectors("pool_selectors", cfg.pool_selectors)
-    check_stage(cfg.gradient, "gradient", skip=("problems", "samples", "verdicts", "out", "selectors", "targets",
-                                                "n", "model", "seed", "method"))
+    check_stage(cfg.gradient, "gradient", skip=("targets", "n", "model"))
     check_stage(cfg.train, "train", skip=TRAIN_OWNED)
     check_stage(cfg.eval, "eval", skip=EVAL_OWNED)
     check_task("target", cfg.target, cfg.target_kwargs, "target_kwargs", cfg.seed)
@@ -194,10 +194,8 @@ def run(cfg: StudySelectionConfig) -> dict:
                 for name, probs in (("pool", pool), ("dev", dev))}
 
     def select_stage(name: str, files: tuple, out: Path, **kw) -> SelectConfig:
-        base = cfg.gradient if kw.get("method") == "gradient" else SelectConfig()
-        sel = dataclasses.replace(base, problems=files[0], samples=files[1], verdicts=files[2], out=str(out),
-                                  seed=cfg.seed, **kw)
-        r.stage(f"select_{name}", to_mapping(sel), lambda: run_select(sel), inputs=list(files) + list(sel.targets),
+        sel = SelectConfig(problems=files[0], samples=files[1], verdicts=files[2], out=str(out), seed=cfg.seed, **kw)
+        r.stage(f"select_{name}", to_mapping(sel), lambda: run_select(sel), inputs=list(files) + list(sel.less.targets),
                 outputs=[out, str(out) + ".gradient"])
         return sel
 
@@ -209,8 +207,9 @@ def run(cfg: StudySelectionConfig) -> dict:
                          f"problems in {cfg.k} tries (see {d / 'targets.sft.jsonl.funnel.json'}); raise dev_size or k")
 
     sets = {}
-    grad = select_stage("gradient-N", verified["pool"], d / "gradient-N.sft.jsonl", method="gradient",
-                        selectors=list(cfg.pool_selectors), targets=[str(targets)], n=cfg.n, model=cfg.model)
+    grad = select_stage("gradient-N", verified["pool"], d / "gradient-N.sft.jsonl",
+                        selectors=[*cfg.pool_selectors, "less"],
+                        less=dataclasses.replace(cfg.gradient, targets=[str(targets)], n=cfg.n, model=cfg.model))
     sets["gradient-N"] = grad.out
     sets["random-N"] = select_stage("random-N", verified["pool"], d / "random-N.sft.jsonl",
                                     selectors=[*cfg.pool_selectors, f"random:{cfg.n}"]).out
