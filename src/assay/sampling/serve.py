@@ -435,3 +435,14 @@ def cli_run(cfg: ServeConfig) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def check(c: ServeConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import DTYPES, at_least, check_model, fail, keyed, one_of
+
+    k = keyed(key)
+    one_of(k("dtype"), c.dtype, DTYPES, "dtype")
+    if not 0 <= c.port <= 65535:
+        raise fail(k("port"), f"must be 0..65535, got {c.port}")
+    at_least(k("max_batch"), c.max_batch, 1)
+    check_model(k("model"), c.model)

@@ -308,3 +308,31 @@ def cli_run(cfg: SelectConfig) -> int:
     print(f"[assay] select: {steps}; {s['examples']} examples from {s['problems']} problems -> {cfg.out}")
     return 0
 
+
+
+def check_selectors(key: str, specs: list) -> None:
+    """Names and arguments: each selector runs once on no candidates, which parses its argument."""
+    from assay.core.checks import passes
+
+    for name, arg, fn in passes(key, parse_pipeline, [str(s) for s in specs]):
+        passes(key, fn, [], arg, random.Random(0))
+
+
+def check(c: SelectConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import at_least, check_model, fail, keyed, one_of, unit_interval
+
+    k = keyed(key)
+    if "selectors" not in skip:
+        check_selectors(k("selectors"), c.selectors)
+    one_of(k("method"), c.method, ("pipeline", "gradient"), "selection method")
+    if c.method != "gradient":
+        return
+    if "targets" not in skip and not c.targets:
+        raise fail(k("targets"), "method gradient needs target example files (SFT JSONL)")
+    at_least(k("n"), c.n, 0)
+    unit_interval(k("fraction"), c.fraction)
+    unit_interval(k("warmup_fraction"), c.warmup_fraction)
+    for name in ("warmup_epochs", "lora_r", "dim", "max_length"):
+        at_least(k(name), getattr(c, name), 1)
+    if "model" not in skip:
+        check_model(k("model"), c.model)
