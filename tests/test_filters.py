@@ -260,7 +260,7 @@ def test_unified_matching_equals_the_old_implementations(seed):
 
 
 def test_quickstart_decontaminate_reasons_unchanged():
-    from assay.studies.quickstart import decontaminate
+    from assay.studies.workspace import decontaminate
 
     held = [Problem("h0", "What is 3 + 5?", "8", "t"), Problem("h1", "2+2", "4", "t")]
     pool = [Problem("a", "what is 3+5 ?", "8", "t"), Problem("b", "2 + 3", "5", "t"), Problem("c", "2 + 2", "4", "t")]

@@ -77,8 +77,8 @@ def test_study_with_llm_judge_and_students(two_tiny, tmp_path):
     from assay.train import TrainConfig
 
     wc, se = two_tiny
-    base = dict(wc=wc, se=se, problems=6, k_se=1, completion_tokens=8, max_new_tokens=6, judge=wc, train=True,
-                heldout=4, student_train=TrainConfig(max_steps=1, batch_size=2))
+    base = dict(wc=wc, se=se, pool_size=6, k_se=1, completion_tokens=8, max_new_tokens=6, judge=wc, students=True,
+                heldout_size=4, train=TrainConfig(max_steps=1, batch_size=2))
     # The tiny models solve nothing: with the default selection there is nothing to train on,
     # and the study says so (at the first setup's SFT file) instead of training on nothing.
     first = tmp_path / "s" / "knowledge_distillation.sft.jsonl"

@@ -1,7 +1,7 @@
 """The ``assay`` command: a thin shell over the stage modules.
 
-Each subcommand is a stage module's config dataclass (flags are derived from its fields) and its
-``cli_run(cfg)``; the heavy imports happen only for the subcommand that runs. Bad input exits with
+Each subcommand is an entry of the command table (``assay.commands``): a module's config dataclass
+(flags are derived from its fields) and its ``cli_run(cfg)``; the heavy imports happen only for the subcommand that runs. Bad input exits with
 code 2 and a one-line ``file:line: what is wrong`` message, never a traceback.
 
 ``--run-dir DIR`` puts any command inside a run directory: relative output paths land in DIR,
@@ -19,30 +19,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from assay.core.config import ConfigError, add_config_args, config_from_args, locate, to_mapping
+from assay import commands
+from assay.core.config import ConfigError, add_config_args, config_from_args, locate
 from assay.core.io import InputError
 from assay.core.redact import redact_text
 
-# name -> (module, config class, help). Each module defines `cli_run(cfg) -> int`.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "problems": ("assay.data.problems", "ProblemsConfig", "load or generate a problem set as Problem JSONL"),
-    "sample": ("assay.sampling.stage", "SampleConfig", "sample n completions per problem (resumable)"),
-    "verify": ("assay.verify.stage", "VerifyConfig", "extract final answers and judge them (all cores, time-limited)"),
-    "stats": ("assay.eval.metrics", "StatsConfig", "pass@k, coverage@k, maj@k, diversity@k, tokens, FLOPs"),
-    "plan": ("assay.sampling.plan", "PlanConfig", "compute-matched samples per problem for several models under one budget"),
-    "judge": ("assay.verify.judge", "JudgeConfig", "false-positive rate: judge the reasoning of answer-correct samples (LLM or human audit)"),
-    "curate": ("assay.select.curate", "CurateConfig", "LIMO curation steps from a recipe: difficulty, decontaminate, dedup, rubric, diverse"),
-    "select": ("assay.select.stage", "SelectConfig", "turn verified samples into an SFT dataset through a selector pipeline"),
-    "train": ("assay.train", "TrainConfig", "supervised fine-tuning with TRL: LoRA or full (resumable)"),
-    "eval": ("assay.eval.stage", "EvalConfig", "greedy pass@1, avg@n, maj@k on a benchmark under a pinned protocol"),
-    "serve": ("assay.sampling.serve", "ServeConfig", "serve a model over the OpenAI HTTP API (loopback by default)"),
-    "report": ("assay.eval.report", "ReportConfig", "write RUN_DIR/report.md with tables and plots"),
-    "study": ("assay.studies.workspace", "StudyConfig", "run a study: assay study sampling [key=value ...]"),
-    "quickstart": ("assay.studies.quickstart", "QuickstartConfig", "the main job: the whole loop on the embedded default model"),
-    "run": ("assay.studies.recipes", "RecipeConfig", "run a pipeline recipe: assay run recipes/quickstart.yaml train.lr=1e-4"),
-}
+# name -> (module, config class, help) of every top-level command, from the one command table
+# (``assay.commands``); read at call time, so a test can narrow it.
+COMMANDS: dict[str, tuple[str, str, str]] = {n: (c.module, c.config, c.help) for n, c in commands.top_level().items()}
 # Commands that manage their own run directory.
-OWN_RUN_DIR = {"quickstart", "run", "report", "serve", "study", "plan"}
+OWN_RUN_DIR = {n for n, c in commands.top_level().items() if c.own_run_dir}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,19 +74,14 @@ def _in_run_dir(cfg, run_dir: Path):
 
 
 def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
-    from assay.core.checks import check_stage
-
     if not run_dir:
-        check_stage(cfg, files=True)
+        commands.check_stage(cfg, files=True)
         return int(mod.cli_run(cfg) or 0)
-    from assay.core.runs import Run
+    from assay.core.runs import Run, declared
 
     run = Run(run_dir)
     cfg = _in_run_dir(cfg, run.dir)
-    check_stage(cfg, files=True)
-    inputs = [getattr(cfg, n) for n in getattr(cfg, "INPUTS", ()) if getattr(cfg, n) and Path(getattr(cfg, n)).exists()]
-    outputs = [getattr(cfg, n) for n in getattr(cfg, "OUTPUTS", ())]
-    models = [cfg.model] if hasattr(cfg, "model") else []
+    commands.check_stage(cfg, files=True)
     rc = {"rc": 0}
 
     def go():
@@ -108,8 +89,9 @@ def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
         return {"rc": rc["rc"]}
 
     # One entry per (command, output): two `sample` runs into one directory keep both lineages.
+    outputs = declared(cfg)[1]
     name = f"{command}:{Path(outputs[0]).name}" if outputs else command
-    run.stage(name, to_mapping(cfg), go, inputs=inputs, outputs=outputs, models=models)
+    run.stage(name, cfg, go)  # inputs, outputs and models from the config's declared fields
     return rc["rc"]
 
 

@@ -360,3 +360,31 @@ def cli_run(cfg: TrainConfig) -> int:
           f"{s['flops']:.3g} FLOPs, loss {s['train_loss']:.4f}{rate} -> {cfg.out}")
     return 0
 
+
+
+# transformers' SchedulerType values, so the common names need no transformers import (5 s);
+# anything else is looked up in the installed transformers before it is refused.
+_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+               "warmup_stable_decay")
+
+
+def check(c: TrainConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import at_least, check_model, fail, keyed, one_of
+
+    k = keyed(key)
+    one_of(k("method"), c.method, METHODS, "training method")
+    if c.scheduler not in _SCHEDULERS:
+        from transformers.trainer_utils import SchedulerType
+
+        one_of(k("scheduler"), c.scheduler, [s.value for s in SchedulerType], "learning-rate schedule")
+    if c.lr <= 0:
+        raise fail(k("lr"), f"must be positive, got {c.lr!r}")
+    if "max_steps" not in skip and c.max_steps <= 0 and c.epochs <= 0:
+        raise fail(k("epochs"), f"must be positive when max_steps is not set, got {c.epochs!r}")
+    for name in ("batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
+        at_least(k(name), getattr(c, name), 1)
+    at_least(k("keep_checkpoints"), c.keep_checkpoints, 0)
+    at_least(k("lora.r"), c.lora.r, 1)
+    if "model" not in skip:
+        check_model(k("model"), c.model)

@@ -106,6 +106,10 @@ def from_mapping(cls: Type[C], data: dict, where: str = "config", base: Any = No
     section is merged into that field's own default, so ``train.batch_size=4`` changes the batch
     size and keeps every other setting the pipeline chose for ``train``.
     """
+    legacy = getattr(cls, "LEGACY", None)
+    if legacy is not None:
+        # Old names of renamed fields keep working: the config maps them to the new ones first.
+        data = legacy(dict(data), where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
 

@@ -20,6 +20,7 @@ The manifest is rewritten atomically after every stage transition, so a kill lea
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import platform
@@ -30,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from assay.core.config import to_mapping
 from assay.core.hashing import config_hash, hash_path
 from assay.core.io import InputError, write_json
 from assay.core.redact import redact_argv, redact_config
@@ -70,6 +72,29 @@ def flops_of(path: str | Path) -> float:
     return 0.0
 
 
+def declared(cfg: Any) -> tuple[list[str], list[str], list[str]]:
+    """(inputs, outputs, models) a stage config declares: its ``INPUTS`` fields that name existing
+    paths (a list field names several; a model spec that is not a path is not a file input), its
+    ``OUTPUTS`` fields, and its ``model``. The CLI's ``--run-dir`` and ``Run.stage`` both read a
+    stage's lineage from here, so the two cannot record one stage differently."""
+    inputs: list[str] = []
+    for name in getattr(cfg, "INPUTS", ()):
+        v = getattr(cfg, name)
+        inputs += [str(p) for p in (v if isinstance(v, (list, tuple)) else [v]) if p and Path(p).exists()]
+    outputs = [str(getattr(cfg, n)) for n in getattr(cfg, "OUTPUTS", ()) if getattr(cfg, n)]
+    models = [str(cfg.model)] if getattr(cfg, "model", None) else []
+    return inputs, outputs, models
+
+
+def _unique(paths: Iterable[Any]) -> list:
+    seen, out = set(), []
+    for p in paths:
+        if str(p) not in seen:
+            seen.add(str(p))
+            out.append(p)
+    return out
+
+
 class Run:
     """A run directory and its manifest."""
 
@@ -101,12 +126,25 @@ class Run:
                    for o in st.get("outputs", []))
 
     def stage(self, name: str, config: Any, fn: Callable[[], Any], inputs: Iterable[str | Path] = (),
-              outputs: Iterable[str | Path] = (), models: Iterable[str] = ()) -> dict:
+              outputs: Iterable[str | Path] = (), models: Iterable[str] = (), extra: Optional[dict] = None) -> dict:
         """Run ``fn`` as stage ``name`` unless it is already done with the same config and inputs.
 
-        Returns the stage's manifest entry (``summary`` holds what ``fn`` returned, if a dict).
+        ``config`` is the stage's identity. A stage config dataclass (``SampleConfig``, ``ProblemsConfig``,
+        ...) also gives the stage's inputs, outputs and models (``declared``), so they cannot drift
+        from what the stage reads and writes; ``inputs``, ``outputs`` and ``models`` add to them
+        (side files, inputs a config names inside a nested field), and ``extra`` adds settings that
+        are part of the identity but not of the config (a sampling budget). A plain mapping is the
+        identity as given, with everything else explicit. Returns the stage's manifest entry
+        (``summary`` holds what ``fn`` returned, if a dict or a dataclass).
         """
-        inputs, outputs = [Path(p) for p in inputs], [Path(p) for p in outputs]
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            d_in, d_out, d_models = declared(config)
+            inputs, outputs, models = [*d_in, *inputs], [*d_out, *outputs], [*d_models, *models]
+            config = to_mapping(config)
+        if extra:
+            config = {**config, **extra}
+        inputs, outputs = [Path(p) for p in _unique(inputs)], [Path(p) for p in _unique(outputs)]
+        models = _unique(models)
         if self.is_done(name, config, inputs):
             print(f"[assay] {name}: done already (inputs and config unchanged), skipped")
             return self.manifest["stages"][name]
@@ -140,7 +178,7 @@ class Run:
         entry["owns"]["files"] = _owned_files(entry["owns"], outputs)
         entry.update(status="done", finished=_now(), outputs=[hash_path(p) for p in outputs if p.exists()],
                      flops=sum(flops_of(p) for p in outputs if p.exists()),
-                     summary=result if isinstance(result, dict) else None)
+                     summary=_summary(result))
         entry.pop("wall_s_before", None)
         self._save()
         return entry
@@ -203,6 +241,13 @@ def _owned_files(owns: dict, outputs: list[Path]) -> list[str]:
         before = set(owns.get("siblings_before", {}).get(str(out), []))
         files.update(f for f in _siblings(out) if f not in before)
     return sorted(files)
+
+
+def _summary(result: Any) -> Optional[dict]:
+    # A stage's typed result (a dataclass) is recorded like the dicts older stage functions return.
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return json.loads(json.dumps(dataclasses.asdict(result), default=str))
+    return result if isinstance(result, dict) else None
 
 
 def _now() -> str:

@@ -34,7 +34,8 @@ from assay.data.sources import (
     resolve_data_dir,
 )
 
-__all__ = ["ProblemsConfig", "SOURCES", "check_label", "cli_run", "load_problems", "resolve_config", "source_kind"]
+__all__ = ["ProblemsConfig", "SOURCES", "check_label", "cli_run", "load_problems", "resolve_config", "run_problems",
+           "source_kind"]
 
 
 @dataclass
@@ -190,8 +191,23 @@ def summarize_rejects(rejected: list[dict], examples: int = 3) -> str:
     return f"{head}{shown}"
 
 
-def cli_run(cfg: ProblemsConfig) -> int:
-    """Write ``cfg.out``, ``<out>.config.yaml`` and (when any) ``<out>.rejected.jsonl``; print a summary."""
+@dataclass
+class ProblemsResult:
+    """What ``run_problems`` wrote: ``kept`` problems to ``out``, ``rejected`` to ``rejects`` (of ``taken`` rows)."""
+
+    out: str
+    source: str
+    kept: int
+    rejected: int
+    taken: int
+    offset: int
+    limit: Optional[int]
+    rejects: str
+    reasons: str = ""  # the rejections counted by reason, with a few full reasons
+
+
+def run_problems(cfg: ProblemsConfig) -> ProblemsResult:
+    """Write ``cfg.out``, ``<out>.config.yaml`` and (when any) ``<out>.rejected.jsonl``."""
     cfg = resolve_config(cfg)
     kept, rejected = load_problems(cfg)
     out = Path(cfg.out)
@@ -203,13 +219,36 @@ def cli_run(cfg: ProblemsConfig) -> int:
     elif rpath.exists():
         # A rejects file from an earlier run would be read as belonging to this one.
         rpath.unlink()
-    taken = len(kept) + len(rejected)
-    print(f"[assay] problems: {len(kept)} from {cfg.source} (rows {cfg.offset}..{cfg.offset + taken - 1}) -> {out}")
-    if cfg.limit is not None and taken < cfg.limit:
-        print(f"[assay] note: limit {cfg.limit} asked, but only {taken} rows remain after offset {cfg.offset}")
-    if rejected:
-        print(f"[assay] rejected {len(rejected)} of {taken} (wrong or uncheckable reference answer, or a repeated question) -> {rpath}\n"
-              f"  {summarize_rejects(rejected)}")
-        if not kept:
-            print(f"[assay] warning: every problem was rejected; {out} is empty")
+    return ProblemsResult(str(out), cfg.source, len(kept), len(rejected), len(kept) + len(rejected), cfg.offset,
+                          cfg.limit, str(rpath), summarize_rejects(rejected) if rejected else "")
+
+
+def summary_lines(r: ProblemsResult) -> list[str]:
+    """The lines ``assay problems`` prints (pipelines print them too, so their logs read the same)."""
+    lines = [f"[assay] problems: {r.kept} from {r.source} (rows {r.offset}..{r.offset + r.taken - 1}) -> {r.out}"]
+    if r.limit is not None and r.taken < r.limit:
+        lines.append(f"[assay] note: limit {r.limit} asked, but only {r.taken} rows remain after offset {r.offset}")
+    if r.rejected:
+        lines.append(f"[assay] rejected {r.rejected} of {r.taken} (wrong or uncheckable reference answer, or a "
+                     f"repeated question) -> {r.rejects}\n  {r.reasons}")
+        if not r.kept:
+            lines.append(f"[assay] warning: every problem was rejected; {r.out} is empty")
+    return lines
+
+
+def cli_run(cfg: ProblemsConfig) -> int:
+    """Write the problem set (``run_problems``) and print a summary."""
+    for line in summary_lines(run_problems(cfg)):
+        print(line)
     return 0
+
+
+def check(c: ProblemsConfig, key: str = "", skip=(), files: bool = False) -> None:
+    """The source names something loadable (a reasoning-gym task that exists)."""
+    from assay.core.checks import keyed, one_of, passes
+    from assay.data.sources import rg_task_names
+
+    k = keyed(key)
+    kind, name = passes(k("source"), source_kind, c.source)
+    if kind == "rg":
+        one_of(k("source"), name, rg_task_names(), "reasoning-gym task")

@@ -335,8 +335,34 @@ def format_table(stats: dict) -> str:
     return "\n".join(lines + [summary])
 
 
+@dataclass
+class StatsResult:
+    """The metrics ``run_stats`` wrote to ``out`` (``stats``: by_k rows, summary, inputs, config)."""
+
+    stats: dict
+    out: str
+
+
 def cli_run(cfg: StatsConfig) -> int:
-    """Read samples and verdicts, print the table, write ``cfg.out`` and ``<out>.config.yaml``."""
+    """Print the table of ``run_stats``."""
+    r = run_stats(cfg)
+    print(format_table(r.stats))
+    print(f"[assay] wrote {r.out}")
+    return 0
+
+
+def check(c: StatsConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import at_least, fail, keyed
+
+    k = keyed(key)
+    if not c.ks:
+        raise fail(k("ks"), "needs at least one k")
+    for v in c.ks:
+        at_least(k("ks"), v, 1)
+
+
+def run_stats(cfg: StatsConfig) -> StatsResult:
+    """Read samples and verdicts, write the metrics to ``cfg.out`` and ``<out>.config.yaml``."""
     if not cfg.samples or not cfg.verdicts:
         raise InputError("stats needs --samples and --verdicts")
     samples = read_records(cfg.samples, Sample)
@@ -348,8 +374,6 @@ def cli_run(cfg: StatsConfig) -> int:
         raise InputError(f"{cfg.samples} / {cfg.verdicts}: {exc}") from None
     stats["inputs"] = {"samples": cfg.samples, "verdicts": cfg.verdicts, "problems": cfg.problems}
     stats["config"] = to_mapping(cfg)
-    print(format_table(stats))
     write_json(cfg.out, stats)
     save_yaml(Path(str(cfg.out) + ".config.yaml"), cfg)
-    print(f"[assay] wrote {cfg.out}")
-    return 0
+    return StatsResult(stats, str(cfg.out))

@@ -186,7 +186,11 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
+def run_report(cfg: ReportConfig) -> Path:
+    """Write ``<run_dir>/report.md``; its path."""
+    return write_report(cfg.run_dir)
+
+
 def cli_run(cfg: ReportConfig) -> int:
-    out = write_report(cfg.run_dir)
-    print(f"[assay] report -> {out}")
+    print(f"[assay] report -> {run_report(cfg)}")
     return 0

@@ -225,3 +225,25 @@ def cli_run(cfg: EvalConfig) -> int:
     print(f"[assay] eval {cfg.model} on {cfg.benchmark} ({r['protocol']['n_problems']} problems, "
           f"protocol {r['protocol']['protocol_id']}): " + ", ".join(parts) + f" -> {cfg.out}/result.json")
     return 0
+
+
+def check(c: EvalConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import DTYPES, at_least, check_model, check_template, fail, keyed, one_of, passes
+    from assay.sampling.backends import check_backend
+
+    k = keyed(key)
+    check_backend(k, c)
+    if "template" not in skip:
+        check_template(k("template"), c.template)
+    one_of(k("dtype"), c.dtype, DTYPES, "dtype")
+    at_least(k("max_new_tokens"), c.max_new_tokens, 1)
+    at_least(k("max_batch"), c.max_batch, 1)
+    at_least(k("n"), c.n, 0)
+    if not c.greedy and c.n < 1:
+        raise fail(k("greedy"), "nothing to evaluate: greedy=false and n=0")
+    if "limit" not in skip and c.limit is not None:
+        at_least(k("limit"), c.limit, 1)
+    if "benchmark" not in skip and c.benchmark not in BENCHMARKS and not Path(c.benchmark).exists():
+        passes(k("benchmark"), BENCHMARKS.get, c.benchmark)
+    if "model" not in skip and c.backend == "hf":
+        check_model(k("model"), c.model)

@@ -204,3 +204,11 @@ def make_generator(backend: str, model: str, options: Any = None) -> Generator:
     ``"k=v,k=v"`` string, or None for the defaults; checked before anything loads.
     """
     return BACKENDS.get(backend).build(model, resolve_options(backend, options))
+
+
+def check_backend(key_of, cfg: Any, field: str = "backend") -> None:
+    """A stage's backend name and its options (unknown ones, bad values), as the stage will build them."""
+    from assay.core.checks import one_of
+
+    one_of(key_of(field), getattr(cfg, field), BACKENDS.names(), "generation backend")
+    options_of(cfg, getattr(cfg, field), section=key_of("").rstrip("."))

@@ -167,7 +167,42 @@ def build_arms(cfg: PlanConfig, problems) -> list[Arm]:
     return arms
 
 
+@dataclass
+class PlanResult:
+    """A budget (in ``unit``) over ``problems`` problems and each model's row of the plan."""
+
+    budget: float
+    unit: str
+    problems: int
+    rows: list
+
+
 def cli_run(cfg: PlanConfig) -> int:
+    r = run_plan(cfg)
+    print(f"budget {r.budget:.4g} {r.unit} over {r.problems} problems ({cfg.problems})")
+    print(f"{'model':<32} {'params':>12} {'prompt tok':>10} {'compl tok':>9} {'k':>5} {'paper k':>8} {'planned':>11} {'used':>6}")
+    for row in r.rows:
+        print(f"{row['arm']:<32} {row['n_params']:>12.4g} {row['prompt_tokens']:>10.1f} {row['completion_tokens']:>9.1f} "
+              f"{row['k']:>5d} {row['paper_k']:>8.2f} {row['planned_cost']:>11.4g} {row['budget_used']:>6.1%}")
+    return 0
+
+
+def check(c: PlanConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import at_least, check_template, fail, keyed, passes
+
+    k = keyed(key)
+    check_template(k("template"), c.template)
+    at_least(k("k_anchor"), c.k_anchor, 1)
+    if c.completion_tokens <= 0:
+        raise fail(k("completion_tokens"), f"must be positive, got {c.completion_tokens!r}")
+    if c.budget:
+        passes(k("budget"), parse_budget, c.budget)
+    if not c.models:
+        raise fail(k("models"), "give at least one model (--models a,b)")
+
+
+def run_plan(cfg: PlanConfig) -> PlanResult:
+    """Samples per problem for each model of ``cfg.models`` under one budget."""
     from assay.core.io import read_problems
 
     problems = read_problems(cfg.problems)
@@ -178,10 +213,4 @@ def cli_run(cfg: PlanConfig) -> int:
         budget, unit = parse_budget(cfg.budget)
     else:
         budget, unit = arms[0].flops_per_problem(cfg.k_anchor) * len(problems), "flops"
-    rows = plan(arms, budget, len(problems), unit)
-    print(f"budget {budget:.4g} {unit} over {len(problems)} problems ({cfg.problems})")
-    print(f"{'model':<32} {'params':>12} {'prompt tok':>10} {'compl tok':>9} {'k':>5} {'paper k':>8} {'planned':>11} {'used':>6}")
-    for r in rows:
-        print(f"{r['arm']:<32} {r['n_params']:>12.4g} {r['prompt_tokens']:>10.1f} {r['completion_tokens']:>9.1f} "
-              f"{r['k']:>5d} {r['paper_k']:>8.2f} {r['planned_cost']:>11.4g} {r['budget_used']:>6.1%}")
-    return 0
+    return PlanResult(budget, unit, len(problems), plan(arms, budget, len(problems), unit))

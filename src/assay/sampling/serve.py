@@ -51,6 +51,7 @@ from assay.sampling.serve_requests import (
     completion_body,
     error_body,
     finish_reason,
+    no_constants,
     parse_request,
     usage,
 )
@@ -236,10 +237,6 @@ class Batcher:
 
 
 # -- HTTP --------------------------------------------------------------------------------------
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def make_handler(batcher: Batcher, name: str, cfg: ServeConfig, api_key: str = ""):
     key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
     routes = {"/v1/chat/completions": True, "/v1/completions": False}
@@ -348,7 +345,7 @@ def make_handler(batcher: Batcher, name: str, cfg: ServeConfig, api_key: str = "
                 raise RequestError("the request body ended before Content-Length bytes arrived")
             self._body_read = True
             try:
-                body = json.loads(raw.decode("utf-8"), parse_constant=_no_constants) if raw else None
+                body = json.loads(raw.decode("utf-8"), parse_constant=no_constants) if raw else None
             except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                 raise RequestError(f"the body is not valid JSON: {str(exc)[:200]}") from None
             if not isinstance(body, dict):
@@ -400,7 +397,7 @@ def make_handler(batcher: Batcher, name: str, cfg: ServeConfig, api_key: str = "
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    daemon_threads = True  # a stuck client must not keep the process alive
 
 
 def make_server(cfg: ServeConfig, generator=None) -> ThreadingHTTPServer:
@@ -436,3 +433,17 @@ def cli_run(cfg: ServeConfig) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def check(c: ServeConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import DTYPES, at_least, check_model, fail, keyed, one_of
+    from assay.sampling.backends import check_backend
+
+    k = keyed(key)
+    one_of(k("dtype"), c.dtype, DTYPES, "dtype")
+    if not 0 <= c.port <= 65535:
+        raise fail(k("port"), f"must be 0..65535, got {c.port}")
+    at_least(k("max_batch"), c.max_batch, 1)
+    check_backend(k, c)
+    if c.backend == "hf":
+        check_model(k("model"), c.model)

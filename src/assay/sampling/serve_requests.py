@@ -258,3 +258,8 @@ def chunk(req: ParsedRequest, rid: str, name: str, created: int, index: Optional
     if req.include_usage:
         out["usage"] = usage_
     return out
+
+
+def no_constants(name: str):
+    """``json.loads`` hook: NaN and Infinity are not JSON, whatever Python's parser accepts."""
+    raise ValueError(f"{name} is not valid JSON")

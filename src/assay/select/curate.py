@@ -314,3 +314,23 @@ def cli_run(cfg: CurateConfig) -> int:
     print("[assay] curate: " + " -> ".join(f"{f['step']} {f['kept']}" for f in s["funnel"])
           + f"; {s['examples']} SFT examples -> {cfg.out}")
     return 0
+
+
+def check(c: CurateConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import fail, keyed, one_of, passes
+
+    k = keyed(key)
+    for model, refs in c.references.items():
+        if not isinstance(refs, list) or len(refs) != 2:
+            raise fail(k(f"references.{model}"), f"expected [samples.jsonl, verdicts.jsonl], got {refs!r}")
+    for i, spec in enumerate(c.steps):
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise fail(k("steps"), f"steps[{i}]: expected {{name: options}}, got {spec!r}")
+        (name, opts), = spec.items()
+        fn = passes(k("steps"), STEPS.get, name)
+        params = [p for p in inspect.signature(fn).parameters if p not in ("items", "against")]
+        params += ["benchmarks"] if name == "decontaminate" else []
+        if opts is not None and not isinstance(opts, dict):
+            raise fail(k("steps"), f"steps[{i}].{name}: options must be a mapping, got {opts!r}")
+        for option in opts or {}:
+            one_of(k("steps"), option, params, f"option of curation step '{name}' (steps[{i}])")

@@ -386,3 +386,19 @@ class LessSelector:
 
 
 SELECTORS.add("less", LessSelector())
+
+
+def check(c: LessOptions, key: str = "", skip=(), files: bool = False) -> None:
+    """The ``less`` section: ``skip`` names the fields a pipeline fills in itself."""
+    from assay.core.checks import at_least, check_model, fail, keyed, unit_interval
+
+    k = keyed(key)
+    if "targets" not in skip and not c.targets:
+        raise fail(k("targets"), "the less selector needs target example files (SFT JSONL)")
+    at_least(k("n"), c.n, 0)
+    unit_interval(k("fraction"), c.fraction)
+    unit_interval(k("warmup_fraction"), c.warmup_fraction)
+    for name in ("warmup_epochs", "lora_r", "dim", "max_length"):
+        at_least(k(name), getattr(c, name), 1)
+    if "model" not in skip:
+        check_model(k("model"), c.model)

@@ -116,3 +116,24 @@ def cli_run(cfg: SelectConfig) -> int:
     print(f"[assay] select: {steps}; {s['examples']} examples from {s['problems']} problems -> {cfg.out}")
     return 0
 
+
+
+def check_selectors(key: str, specs: list) -> None:
+    """Names and arguments: each selector checks its own argument."""
+    from assay.core.checks import passes
+
+    for name, arg, flt in passes(key, parse_pipeline, [str(s) for s in specs]):
+        passes(key, flt.check, arg)
+
+
+def check(c: SelectConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import keyed, one_of
+    from assay.select import less
+
+    k = keyed(key)
+    if "selectors" not in skip:
+        check_selectors(k("selectors"), c.selectors)
+    one_of(k("method"), c.method, ("pipeline", "gradient"), "selection method")
+    # The less section matters only when the less selector runs (method gradient appends it).
+    if c.method == "gradient" or "less" in [str(s).partition(":")[0] for s in c.selectors]:
+        less.check(c.less, k("less"), {s[len("less."):] for s in skip if s.startswith("less.")}, files)

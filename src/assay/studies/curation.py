@@ -18,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.config import opt
 from assay.core.io import read_records
 from assay.core.records import Problem
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
@@ -28,6 +27,8 @@ from assay.eval.stage import EvalConfig
 from assay.models import DEFAULT_MODEL
 from assay.studies.workspace import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
 from assay.train import TrainConfig
+
+OWNED = {"train": TRAIN_OWNED, "eval": EVAL_OWNED}
 
 
 @dataclass
@@ -51,47 +52,35 @@ class StudyCurationConfig:
 
 def check(cfg: StudyCurationConfig) -> None:
     """Every setting, before the first stage runs."""
-    from assay.core.checks import at_least, check_model, check_stage, check_task, check_template, fail
+    from assay.commands import check_stage
+    from assay.core.checks import at_least, check_model, check_task, check_template, fail
+    from assay.studies.workspace import check_disjoint, refuse_owned
 
+    refuse_owned(cfg, OWNED, "study curation", "model, seed, template, train_steps, run_dir")
     for name in ("pool_size", "heldout_size", "k", "n", "sample_max_new_tokens", "train_steps"):
         at_least(name, getattr(cfg, name), 1)
+    check_disjoint({"pool": ("seed", cfg.seed, cfg.seed + cfg.pool_size),
+                    "held-out": ("heldout_size", HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size)})
     if len(cfg.band) != 2 or not 0 <= cfg.band[0] <= cfg.band[1] <= cfg.k:
         raise fail("band", f"must be [min, max] with 0 <= min <= max <= k={cfg.k}, got {cfg.band}")
     check_template("template", cfg.template)
-    check_stage(cfg.train, "train", skip=TRAIN_OWNED)
-    check_stage(cfg.eval, "eval", skip=EVAL_OWNED)
+    for section, skip in OWNED.items():
+        check_stage(getattr(cfg, section), section, skip=skip)
     check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
     check_model("model", cfg.model)
 
 
 def run(cfg: StudyCurationConfig) -> dict:
-    from assay.core.io import write_json, write_records
-    from assay.core.runs import Run
+    from assay.core.io import write_json
     from assay.select.curate import CurateConfig, run_curation
     from assay.select.stage import SelectConfig, run_select
-    from assay.studies.quickstart import decontaminate as drop_heldout
-    from assay.studies.workspace import rg_problems, sample_and_verify, train_and_evaluate
+    from assay.studies.workspace import heldout_and_pool, open_run, sample_and_verify, train_and_evaluate
 
     check(cfg)
-    r = Run(cfg.run_dir)
+    r = open_run(cfg)
     d = r.dir
-    save_yaml(d / "recipe.yaml", {"pipeline": "study-curation", **to_mapping(cfg)})
-    held, raw, pool = d / "heldout.jsonl", d / "pool.raw.jsonl", d / "pool.jsonl"
-
-    def problems_file(path, seed, size):
-        rg_problems(path, cfg.task, cfg.task_kwargs, seed, size)
-
-    r.stage("heldout", {"task": cfg.task, "kw": cfg.task_kwargs, "size": cfg.heldout_size},
-            lambda: problems_file(held, HELDOUT_SEED, cfg.heldout_size), outputs=[held])
-
-    def make_pool():
-        problems_file(raw, cfg.seed, cfg.pool_size)
-        kept, dropped = drop_heldout(read_records(raw, Problem), read_records(held, Problem))
-        write_records(pool, kept)
-        write_records(d / "pool.decontaminated.jsonl", dropped)
-
-    r.stage("pool", {"task": cfg.task, "kw": cfg.task_kwargs, "seed": cfg.seed, "size": cfg.pool_size}, make_pool,
-            inputs=[held], outputs=[pool])
+    held, pool = heldout_and_pool(r, cfg.task, cfg.task_kwargs, HELDOUT_SEED, cfg.heldout_size, cfg.seed,
+                                  cfg.pool_size)
     samples, verdicts = sample_and_verify(r, pool, cfg.model, cfg.k, cfg.seed, cfg.template, cfg.sample_max_new_tokens)
 
     ccfg = CurateConfig(problems=str(pool), out=str(d / "curated"), references={cfg.model: [samples, verdicts]},
@@ -99,15 +88,14 @@ def run(cfg: StudyCurationConfig) -> dict:
                                {"decontaminate": {"benchmarks": [str(held)], "n": 13}},
                                {"dedup": {"threshold": 0.8}}, {"rubric": {}},
                                {"diverse": {"n": cfg.n, "by": "group", "seed": cfg.seed}}])
-    r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, samples, verdicts, held],
-            outputs=[d / "curated"])
+    # The references and benchmarks are read too, though named inside nested fields.
+    r.stage("curate", ccfg, lambda: run_curation(ccfg), inputs=[samples, verdicts, held])
     sets = {"curated-N": str(d / "curated" / "sft.jsonl")}
     for name, size in (("random-N", cfg.n), ("random-4N", 4 * cfg.n)):
         sel = SelectConfig(problems=str(pool), samples=samples, verdicts=verdicts, out=str(d / f"{name}.sft.jsonl"),
                            selectors=["correct", "finished", "dedup", "max_per_problem:1", f"random:{size}"],
                            seed=cfg.seed)
-        r.stage(f"select_{name}", to_mapping(sel), lambda sel=sel: run_select(sel), inputs=[samples, verdicts],
-                outputs=[sel.out])
+        r.stage(f"select_{name}", sel, lambda sel=sel: run_select(sel))
         sets[name] = sel.out
 
     base_eval = dataclasses.replace(cfg.eval, model=cfg.model, benchmark=str(held), out=str(d / "eval.base"),
@@ -140,10 +128,3 @@ def format_report(out: dict) -> str:
               "| step | kept | dropped |", "|---|---:|---:|"]
     lines += [f"| {f['step']} | {f['kept']} | {f.get('dropped', '')} |" for f in out["funnel"]]
     return "\n".join(lines) + "\n"
-
-
-def cli_run(cfg: StudyCurationConfig) -> int:
-    out = run(cfg)
-    print(format_report(out))
-    print(f"[assay] study report: {Path(cfg.run_dir) / 'report.md'}")
-    return 0

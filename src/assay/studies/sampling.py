@@ -14,26 +14,46 @@ positives (right answer, wrong reasoning). This study runs both arms on the same
 4. false positives: judge the answer-correct samples with an LLM judge (``judge=<model spec>``)
    or export human audit sheets (``judge=export``; import them with ``assay judge --backend
    import``);
-5. optionally (``train=true``) fine-tune students on each arm's correct samples in the paper's
+5. optionally (``students=true``) fine-tune students on each arm's correct samples in the paper's
    setups (knowledge distillation: WC student on SE data; self-improvement: WC on WC data;
    weak-to-strong: SE student on WC data), evaluate them on held-out problems;
 6. write ``report.md`` with the side-by-side table and plots.
 
 Everything goes into one run directory with a manifest; every stage resumes.
+
+The settings share the other studies' names: ``pool_size`` (was ``problems``), ``heldout_size``
+(was ``heldout``), ``train`` the students' training section (was ``student_train``; the switch
+that was ``train=true`` is ``students=true``). The old names still work in recipes and overrides.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.config import ConfigError, opt
 from assay.core.io import read_records, write_json
 from assay.core.records import Problem, Sample, Verdict
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
-from assay.train import TrainConfig
+from assay.studies.workspace import train_section
+from assay.train import TrainConfig  # noqa: F401  (the type of the ``train`` section)
+
+# Fields of the students' training section that the study fills in itself.
+OWNED = {"train": ("data", "out", "model", "seed")}
+
+
+def _legacy(data: dict, where: str) -> dict:
+    """The names this study's settings had before the studies shared one vocabulary."""
+    if "train" in data and not isinstance(data["train"], dict):
+        data["students"] = data.pop("train")  # `train=true` was the switch for the students
+    for old, new in (("student_train", "train"), ("problems", "pool_size"), ("heldout", "heldout_size")):
+        if old in data:
+            if new in data:
+                raise ConfigError(where, old, f"'{old}' is the old name of '{new}'; give only one of them")
+            data[new] = data.pop(old)
+    return data
 
 
 @dataclass
@@ -42,7 +62,9 @@ class StudySamplingConfig:
     se: str = opt("gemma3-270m", help="the stronger-expensive model (more parameters)")
     task: str = opt("rg:chain_sum", help="reasoning-gym task")
     task_kwargs: dict = opt(CHAIN_SUM_SMALL, help="the task's settings")
-    problems: int = opt(240, help="problem rows drawn (generator seeds seed..; repeated questions dropped)")
+    LEGACY = staticmethod(_legacy)
+    pool_size: int = opt(240, help="problem rows both arms sample (generator seeds seed..; repeated questions "
+                                   "dropped); was 'problems'")
     seed: int = opt(0, help="problem and sampling seed")
     k_se: int = opt(4, help="samples per problem of the SE model; the budget is what they cost")
     completion_tokens: float = opt(12.0, help="completion-length guess for the plan (realized FLOPs are matched anyway)")
@@ -53,19 +75,23 @@ class StudySamplingConfig:
     max_batch: int = opt(64, help="rows decoded together")
     judge: str = opt("export", help="'' (none), 'export' (human audit CSVs), or a model spec for an LLM judge")
     judge_limit: int = opt(200, help="judge at most this many answer-correct samples per arm")
-    train: bool = opt(False, help="fine-tune and evaluate students in the paper's three setups")
-    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(method="lora", epochs=2, batch_size=8),
-                                       metadata={"help": "student training settings (data/out/model set by the study)"})
-    heldout: int = opt(200, help="train=true: held-out rows (seeds from 10000) for the students")
-    student_selectors: list = opt(["correct", "finished", "dedup"], help="train=true: how each arm's samples become SFT data")
+    students: bool = opt(False, help="fine-tune and evaluate students in the paper's three setups (was 'train')")
+    train: TrainConfig = train_section(epochs=2)
+    heldout_size: int = opt(200, help="students=true: held-out rows (seeds from 10000) for the students; was 'heldout'")
+    student_selectors: list = opt(["correct", "finished", "dedup"],
+                                  help="students=true: how each arm's samples become SFT data")
     run_dir: str = opt("runs/study-sampling", help="where everything goes")
 
 
 def check(cfg: StudySamplingConfig) -> None:
     """Every setting, before the first stage runs."""
-    from assay.core.checks import at_least, check_model, check_selectors, check_stage, check_task, check_template, fail
+    from assay.commands import check_stage
+    from assay.core.checks import at_least, check_model, check_task, check_template, fail
+    from assay.select.stage import check_selectors
+    from assay.studies.workspace import check_disjoint, refuse_owned
 
-    for name in ("problems", "k_se", "max_new_tokens", "max_batch"):
+    refuse_owned(cfg, OWNED, "study sampling", "wc, se, seed, run_dir")
+    for name in ("pool_size", "k_se", "max_new_tokens", "max_batch"):
         at_least(name, getattr(cfg, name), 1)
     at_least("temperature", cfg.temperature, 0)
     at_least("judge_limit", cfg.judge_limit, 0)
@@ -74,10 +100,12 @@ def check(cfg: StudySamplingConfig) -> None:
     if cfg.wc == cfg.se:
         raise fail("se", f"the two arms need two models, got '{cfg.wc}' twice")
     check_template("template", cfg.template)
-    if cfg.train:
-        at_least("heldout", cfg.heldout, 1)
+    if cfg.students:
+        at_least("heldout_size", cfg.heldout_size, 1)
+        check_disjoint({"pool": ("seed", cfg.seed, cfg.seed + cfg.pool_size),
+                        "held-out": ("heldout_size", HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size)})
         check_selectors("student_selectors", cfg.student_selectors)
-        check_stage(cfg.student_train, "student_train", skip=("data", "out", "model", "seed"))
+        check_stage(cfg.train, "train", skip=OWNED["train"])
     check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
     for name in ("wc", "se"):
         check_model(name, getattr(cfg, name))
@@ -120,25 +148,19 @@ def arm_curves(problems: list[Problem], samples: list[Sample], verdicts: list[Ve
 
 
 def run(cfg: StudySamplingConfig) -> dict:
-    from assay.core.runs import Run
-    from assay.data.problems import ProblemsConfig
-    from assay.data.problems import cli_run as write_problems
     from assay.models import stats_for
     from assay.sampling import SampleConfig
     from assay.sampling.budget import run_budgeted
     from assay.sampling.plan import Arm, mean_prompt_tokens, samples_for_budget
-    from assay.verify import stage as verify
+    from assay.studies.workspace import open_run, problem_set, rg_config
     from assay.verify.judge import LLMJudge, correct_items, export_audit, false_positive_rate, judgments_to_dicts
+    from assay.verify.stage import VerifyConfig, run_verify
 
     check(cfg)
-    run_ = Run(cfg.run_dir)
+    run_ = open_run(cfg)
     d = run_.dir
-    save_yaml(d / "recipe.yaml", {"pipeline": "study-sampling", **to_mapping(cfg)})
-    pfile = d / "problems.jsonl"
-    run_.stage("problems", {"task": cfg.task, "kw": cfg.task_kwargs, "seed": cfg.seed, "size": cfg.problems},
-               lambda: write_problems(ProblemsConfig(source=cfg.task, out=str(pfile), seed=cfg.seed, size=cfg.problems,
-                                                     task_kwargs=dict(cfg.task_kwargs), distinct=True)),
-               outputs=[pfile])
+    pfile = problem_set(run_, "problems", [rg_config(d / "problems.jsonl", cfg.task, cfg.task_kwargs, cfg.seed,
+                                                     cfg.pool_size)])
     problems = read_records(pfile, Problem)
 
     # 1. Plan: the SE arm at k_se sets the budget; prompts are measured per tokenizer.
@@ -157,11 +179,9 @@ def run(cfg: StudySamplingConfig) -> dict:
         scfg = SampleConfig(problems=str(pfile), out=str(d / f"{tag}.samples.jsonl"), model=spec, n=max(1, plan[spec]),
                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop),
                             seed=cfg.seed, template=cfg.template, max_batch=cfg.max_batch)
-        run_.stage(f"sample_{tag}", {**to_mapping(scfg), "budget": budget},
-                   lambda scfg=scfg: run_budgeted(scfg, budget), inputs=[pfile], outputs=[scfg.out], models=[spec])
-        vcfg = verify.VerifyConfig(problems=str(pfile), samples=scfg.out, out=str(d / f"{tag}.verdicts.jsonl"))
-        run_.stage(f"verify_{tag}", to_mapping(vcfg), lambda vcfg=vcfg: verify.cli_run(vcfg),
-                   inputs=[pfile, scfg.out], outputs=[vcfg.out])
+        run_.stage(f"sample_{tag}", scfg, lambda scfg=scfg: run_budgeted(scfg, budget), extra={"budget": budget})
+        vcfg = VerifyConfig(problems=str(pfile), samples=scfg.out, out=str(d / f"{tag}.verdicts.jsonl"))
+        run_.stage(f"verify_{tag}", vcfg, lambda vcfg=vcfg: print(run_verify(vcfg).line()))
         samples, verdicts = read_records(scfg.out, Sample), read_records(vcfg.out, Verdict)
         res = arm_curves(problems, samples, verdicts)
         res["budget"] = json.loads(Path(scfg.out + ".budget.json").read_text())
@@ -180,7 +200,7 @@ def run(cfg: StudySamplingConfig) -> dict:
             write_records(d / f"{tag}.judgments.jsonl", judgments_to_dicts(js))
             res["fpr"] = false_positive_rate(js)
         results[tag] = res
-    if cfg.train:
+    if cfg.students:
         results["students"] = _students(cfg, run_, problems, results)
     write_json(d / "study.json", results)
     write_study_report(d, results)
@@ -190,18 +210,15 @@ def run(cfg: StudySamplingConfig) -> dict:
 def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
     """The paper's three setups: (student model, data arm)."""
     from assay.core.progress import interactive
-    from assay.data.problems import ProblemsConfig
-    from assay.data.problems import cli_run as write_problems
     from assay.eval.stage import EvalConfig, run_eval
     from assay.select.stage import SelectConfig, run_select
+    from assay.studies.workspace import eval_metrics, problem_set, rg_config
     from assay.train import run_training
 
     d = run_.dir
-    held = d / "heldout.jsonl"
-    run_.stage("heldout", {"seed": HELDOUT_SEED, "size": cfg.heldout},
-               lambda: write_problems(ProblemsConfig(source=cfg.task, out=str(held), seed=HELDOUT_SEED,
-                                                     size=cfg.heldout, task_kwargs=dict(cfg.task_kwargs), distinct=True)),
-               outputs=[held])
+    # Its identity is the problems config it is made with: another task (or settings) is another set.
+    held = problem_set(run_, "heldout", [rg_config(d / "heldout.jsonl", cfg.task, cfg.task_kwargs, HELDOUT_SEED,
+                                                   cfg.heldout_size)])
     setups = {"knowledge_distillation": (cfg.wc, "SE"), "self_improvement": (cfg.wc, "WC"),
               "weak_to_strong": (cfg.se, "WC")}
     out = {}
@@ -209,19 +226,16 @@ def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
         scfg = SelectConfig(problems=str(d / "problems.jsonl"), samples=str(d / f"{arm}.samples.jsonl"),
                             verdicts=str(d / f"{arm}.verdicts.jsonl"), out=str(d / f"{setup}.sft.jsonl"),
                             selectors=list(cfg.student_selectors), seed=cfg.seed)
-        run_.stage(f"select_{setup}", to_mapping(scfg), lambda scfg=scfg: run_select(scfg),
-                   inputs=[scfg.samples, scfg.verdicts], outputs=[scfg.out])
-        tcfg = dataclasses.replace(cfg.student_train, data=scfg.out, out=str(d / f"{setup}.student"), model=student,
+        run_.stage(f"select_{setup}", scfg, lambda scfg=scfg: run_select(scfg))
+        tcfg = dataclasses.replace(cfg.train, data=scfg.out, out=str(d / f"{setup}.student"), model=student,
                                    seed=cfg.seed)
-        run_.stage(f"train_{setup}", to_mapping(tcfg), lambda tcfg=tcfg: run_training(tcfg, progress=interactive()),
-                   inputs=[scfg.out], outputs=[tcfg.out], models=[student])
+        run_.stage(f"train_{setup}", tcfg, lambda tcfg=tcfg: run_training(tcfg, progress=interactive()))
         for name, model in ((f"{setup}.base", student), (f"{setup}.trained", tcfg.out)):
             ecfg = EvalConfig(model=model, benchmark=str(held), out=str(d / f"eval.{name}"), template=cfg.template,
                               max_new_tokens=cfg.max_new_tokens)
-            run_.stage(f"eval_{name}", to_mapping(ecfg), lambda ecfg=ecfg: run_eval(ecfg), inputs=[held],
-                       outputs=[ecfg.out], models=[model])
-        base = json.loads((d / f"eval.{setup}.base" / "result.json").read_text())["metrics"]["greedy_pass@1"]
-        trained = json.loads((d / f"eval.{setup}.trained" / "result.json").read_text())["metrics"]["greedy_pass@1"]
+            run_.stage(f"eval_{name}", ecfg, lambda ecfg=ecfg: run_eval(ecfg))
+        base = eval_metrics(d / f"eval.{setup}.base")["greedy_pass@1"]
+        trained = eval_metrics(d / f"eval.{setup}.trained")["greedy_pass@1"]
         out[setup] = {"student": student, "data": arm, "before": base, "after": trained}
     return out
 
@@ -292,8 +306,6 @@ def write_study_report(d: Path, results: dict) -> None:
     (d / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def cli_run(cfg: StudySamplingConfig) -> int:
-    results = run(cfg)
-    print(format_table(results))
-    print(f"[assay] study report: {Path(cfg.run_dir) / 'report.md'}")
-    return 0
+def format_report(results: dict) -> str:
+    """What ``assay study sampling`` prints: the side-by-side table (report.md adds the plots)."""
+    return format_table(results)

@@ -27,17 +27,21 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.config import opt
 from assay.core.io import InputError, read_records
 from assay.core.records import Problem, Sample, SFTExample
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
 from assay.eval.stage import EvalConfig
 from assay.models import DEFAULT_MODEL
+from assay.select import less
 from assay.select.less import LessOptions
 from assay.select.stage import SelectConfig
 from assay.studies.workspace import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
 from assay.train import TrainConfig
 
+# Fields the study fills in itself: setting them is refused (they would be overwritten).
+GRADIENT_OWNED = ("targets", "n", "model")
+OWNED = {"gradient": GRADIENT_OWNED, "train": TRAIN_OWNED, "eval": EVAL_OWNED}
 DEV_SEED = 20_000  # dev (target-example) problems: item i from seed 20_000 + i, apart from pool and held-out
 
 
@@ -82,8 +86,12 @@ def task_name(source: str) -> str:
 
 def check(cfg: StudySelectionConfig) -> None:
     """Every setting, before the first stage runs."""
-    from assay.core.checks import at_least, check_model, check_selectors, check_stage, check_task, check_template, fail
+    from assay.commands import check_stage
+    from assay.core.checks import at_least, check_model, check_task, check_template, fail
+    from assay.select.stage import check_selectors
+    from assay.studies.workspace import check_disjoint, refuse_owned
 
+    refuse_owned(cfg, OWNED, "study selection", "model, seed, n, template, train_steps, run_dir")
     tasks = [cfg.target, *cfg.distractors]
     for key, t in [("target", cfg.target)] + [("distractors", t) for t in cfg.distractors]:
         if not t.startswith("rg:"):
@@ -94,16 +102,9 @@ def check(cfg: StudySelectionConfig) -> None:
     if unused:
         print(f"[assay] study selection: distractor_kwargs for {', '.join(sorted(unused))} unused "
               f"(not among the distractors {', '.join(cfg.distractors)})")
-    ranges = {"pool": ("seed", cfg.seed, cfg.seed + max(cfg.target_pool, cfg.distractor_pool)),
-              "held-out": ("heldout_size", HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size),
-              "dev": ("dev_size", DEV_SEED, DEV_SEED + cfg.dev_size)}
-    names = list(ranges)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            (key, a0, a1), (_, b0, b1) = ranges[a], ranges[b]
-            if a0 < b1 and b0 < a1:
-                raise fail(key, f"{a} seeds {a0}..{a1 - 1} overlap {b} seeds {b0}..{b1 - 1}; "
-                                "choose another seed or smaller sizes")
+    check_disjoint({"pool": ("seed", cfg.seed, cfg.seed + max(cfg.target_pool, cfg.distractor_pool)),
+                    "held-out": ("heldout_size", HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size),
+                    "dev": ("dev_size", DEV_SEED, DEV_SEED + cfg.dev_size)})
     if len(cfg.band) != 2:
         raise fail("band", f"must be [min, max], got {cfg.band}")
     for name in ("n", "n_targets", "k", "target_pool", "distractor_pool", "dev_size", "heldout_size",
@@ -111,9 +112,9 @@ def check(cfg: StudySelectionConfig) -> None:
         at_least(name, getattr(cfg, name), 1)
     check_template("template", cfg.template)
     check_selectors("pool_selectors", cfg.pool_selectors)
-    check_stage(cfg.gradient, "gradient", skip=("targets", "n", "model"))
-    check_stage(cfg.train, "train", skip=TRAIN_OWNED)
-    check_stage(cfg.eval, "eval", skip=EVAL_OWNED)
+    less.check(cfg.gradient, "gradient", skip=GRADIENT_OWNED)
+    for section in ("train", "eval"):
+        check_stage(getattr(cfg, section), section, skip=OWNED[section])
     check_task("target", cfg.target, cfg.target_kwargs, "target_kwargs", cfg.seed)
     for t in cfg.distractors:
         check_task("distractors", t, cfg.distractor_kwargs.get(task_name(t), {}), "distractor_kwargs", cfg.seed)
@@ -146,48 +147,24 @@ def ranking_quality(scores: dict[str, float], task_of: dict[str, str], target: s
 
 
 def run(cfg: StudySelectionConfig) -> dict:
-    from assay.core.io import write_json, write_records
-    from assay.core.runs import Run
+    from assay.core.io import write_json
     from assay.select.curate import CurateConfig, run_curation
     from assay.select.stage import run_select
-    from assay.studies.quickstart import decontaminate
-    from assay.studies.workspace import rg_problems, sample_and_verify, train_and_evaluate
+    from assay.studies.workspace import open_run, problem_set, rg_config, sample_and_verify, train_and_evaluate
 
     check(cfg)
-    r = Run(cfg.run_dir)
+    r = open_run(cfg)
     d = r.dir
-    save_yaml(d / "recipe.yaml", {"pipeline": "study-selection", **to_mapping(cfg)})
     target = task_name(cfg.target)
-    held, dev, pool = d / "heldout.jsonl", d / "dev.jsonl", d / "pool.jsonl"
-
-    r.stage("heldout", {"task": cfg.target, "kw": cfg.target_kwargs, "size": cfg.heldout_size},
-            lambda: rg_problems(held, cfg.target, cfg.target_kwargs, HELDOUT_SEED, cfg.heldout_size), outputs=[held])
-
-    def make_dev():
-        rg_problems(d / "dev.raw.jsonl", cfg.target, cfg.target_kwargs, DEV_SEED, cfg.dev_size)
-        kept, dropped = decontaminate(read_records(d / "dev.raw.jsonl", Problem), read_records(held, Problem))
-        write_records(dev, kept)
-        write_records(d / "dev.decontaminated.jsonl", dropped)
-
-    r.stage("dev", {"task": cfg.target, "kw": cfg.target_kwargs, "size": cfg.dev_size}, make_dev, inputs=[held],
-            outputs=[dev])
-
-    tasks = {cfg.target: (dict(cfg.target_kwargs), cfg.target_pool)}
-    tasks.update({t: (dict(cfg.distractor_kwargs.get(task_name(t), {})), cfg.distractor_pool) for t in cfg.distractors})
-
-    def make_pool():
-        raw = []
-        for t, (kw, size) in tasks.items():
-            path = d / f"pool.raw.{task_name(t)}.jsonl"
-            rg_problems(path, t, kw, cfg.seed, size)
-            raw += read_records(path, Problem)
-        # Neither held-out questions nor the dev questions (whose samples are the targets) stay in the pool.
-        kept, dropped = decontaminate(raw, read_records(held, Problem) + read_records(dev, Problem))
-        write_records(pool, kept)
-        write_records(d / "pool.decontaminated.jsonl", dropped)
-
-    r.stage("pool", {"tasks": {t: list(v) for t, v in tasks.items()}, "seed": cfg.seed}, make_pool,
-            inputs=[held, dev], outputs=[pool])
+    held = problem_set(r, "heldout", [rg_config(d / "heldout.jsonl", cfg.target, cfg.target_kwargs, HELDOUT_SEED,
+                                                cfg.heldout_size)])
+    dev = problem_set(r, "dev", [rg_config(d / "dev.raw.jsonl", cfg.target, cfg.target_kwargs, DEV_SEED, cfg.dev_size)],
+                      d / "dev.jsonl", against=[held])
+    # Neither held-out questions nor the dev questions (whose samples are the targets) stay in the pool.
+    parts = [rg_config(d / f"pool.raw.{task_name(t)}.jsonl", t, kw, cfg.seed, size) for t, kw, size in
+             [(cfg.target, cfg.target_kwargs, cfg.target_pool)] +
+             [(t, cfg.distractor_kwargs.get(task_name(t), {}), cfg.distractor_pool) for t in cfg.distractors]]
+    pool = problem_set(r, "pool", parts, d / "pool.jsonl", against=[held, dev])
 
     verified = {name: (str(probs), *sample_and_verify(r, probs, cfg.model, cfg.k, cfg.seed, cfg.template,
                                                      cfg.sample_max_new_tokens, tag=name))
@@ -195,8 +172,8 @@ def run(cfg: StudySelectionConfig) -> dict:
 
     def select_stage(name: str, files: tuple, out: Path, **kw) -> SelectConfig:
         sel = SelectConfig(problems=files[0], samples=files[1], verdicts=files[2], out=str(out), seed=cfg.seed, **kw)
-        r.stage(f"select_{name}", to_mapping(sel), lambda: run_select(sel), inputs=list(files) + list(sel.less.targets),
-                outputs=[out, str(out) + ".gradient"])
+        r.stage(f"select_{name}", sel, lambda: run_select(sel), inputs=list(sel.less.targets),
+                outputs=[str(out) + ".gradient"])
         return sel
 
     targets = d / "targets.sft.jsonl"
@@ -222,8 +199,7 @@ def run(cfg: StudySelectionConfig) -> dict:
                                    {"decontaminate": {"benchmarks": [str(held), str(dev)], "n": 13}},
                                    {"dedup": {"threshold": 0.8}}, {"rubric": {}},
                                    {"diverse": {"n": cfg.n, "by": "source", "seed": cfg.seed}}])
-        r.stage("curate", to_mapping(ccfg), lambda: run_curation(ccfg), inputs=[pool, samples, verdicts, held, dev],
-                outputs=[d / "curated"])
+        r.stage("curate", ccfg, lambda: run_curation(ccfg), inputs=[samples, verdicts, held, dev])
         sets["curated-N"] = str(d / "curated" / "sft.jsonl")
 
     base_eval = dataclasses.replace(cfg.eval, model=cfg.model, benchmark=str(held), out=str(d / "eval.base"),
@@ -286,10 +262,3 @@ def format_report(out: dict) -> str:
               f"checkpoints), plus {out['dev_sample_flops']:.3g} FLOPs sampling the dev problems for its targets; "
               f"sampling the pool cost {out['sample_flops']:.3g} FLOPs."]
     return "\n".join(lines) + "\n"
-
-
-def cli_run(cfg: StudySelectionConfig) -> int:
-    out = run(cfg)
-    print(format_report(out))
-    print(f"[assay] study report: {Path(cfg.run_dir) / 'report.md'}")
-    return 0

@@ -278,7 +278,48 @@ def judge_generator(cfg: JudgeConfig):
     return make_generator(cfg.generator, cfg.model, judge_options(cfg))
 
 
+@dataclass
+class JudgeResult:
+    """``exported`` items written to an audit sheet, or the false-positive rate of ``items`` judged."""
+
+    out: str
+    items: int
+    exported: int = 0
+    audit: str = ""
+    fpr: Optional[dict] = None
+
+    def line(self) -> str:
+        if self.fpr is None:
+            return (f"[assay] judge: wrote {self.exported} answer-correct solutions to {self.audit}; fill the "
+                    "'label' column (valid/invalid) and run with --backend import")
+        if self.fpr["judged"]:
+            lo, hi = self.fpr["ci95"]
+            return (f"[assay] judge: FPR {self.fpr['fpr']:.3f} (95% CI {lo:.3f}..{hi:.3f}) over {self.fpr['judged']} "
+                    f"judged answer-correct solutions, {self.fpr['unjudged']} without a verdict -> {self.out}")
+        return f"[assay] judge: no verdicts among {self.items} items -> {self.out}"
+
+
 def cli_run(cfg: JudgeConfig) -> int:
+    print(run_judge(cfg).line())
+    return 0
+
+
+def check(c: JudgeConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import at_least, check_model, keyed, one_of
+    from assay.sampling.backends import check_backend
+
+    k = keyed(key)
+    one_of(k("backend"), c.backend, ("llm", "export", "import"), "judge backend")
+    if c.backend == "llm":
+        check_backend(k, c, "generator")
+        one_of(k("template"), c.template, JUDGE_TEMPLATES.names(), "judge template")
+        if c.generator == "hf":
+            check_model(k("model"), c.model)
+    at_least(k("limit"), c.limit, 0)
+
+
+def run_judge(cfg: JudgeConfig) -> JudgeResult:
+    """Judge (or export for a human audit, or import the filled audit of) the answer-correct samples."""
     from assay.core.io import read_numbered, read_problems, read_records, write_json, write_records
     from assay.core.records import Sample, Verdict
 
@@ -290,10 +331,7 @@ def cli_run(cfg: JudgeConfig) -> int:
                               read_records(cfg.verdicts, Verdict), cfg.samples, [n for n, _ in numbered])
         items = items[: cfg.limit] if cfg.limit else items
         if cfg.backend == "export":
-            n = export_audit(items, cfg.audit)
-            print(f"[assay] judge: wrote {n} answer-correct solutions to {cfg.audit}; fill the 'label' column "
-                  f"(valid/invalid) and run with --backend import")
-            return 0
+            return JudgeResult(str(cfg.out), len(items), exported=export_audit(items, cfg.audit), audit=str(cfg.audit))
         if cfg.backend != "llm":
             from assay.core.registry import did_you_mean
 
@@ -302,10 +340,4 @@ def cli_run(cfg: JudgeConfig) -> int:
     write_records(cfg.out, judgments_to_dicts(js))
     fpr = false_positive_rate(js)
     write_json(str(cfg.out) + ".fpr.json", {**fpr, "judge": js[0].judge if js else None})
-    if fpr["judged"]:
-        lo, hi = fpr["ci95"]
-        print(f"[assay] judge: FPR {fpr['fpr']:.3f} (95% CI {lo:.3f}..{hi:.3f}) over {fpr['judged']} judged "
-              f"answer-correct solutions, {fpr['unjudged']} without a verdict -> {cfg.out}")
-    else:
-        print(f"[assay] judge: no verdicts among {len(js)} items -> {cfg.out}")
-    return 0
+    return JudgeResult(str(cfg.out), len(js), fpr=fpr)

@@ -123,7 +123,43 @@ def _check_done(cfg: VerifyConfig, done: list[Verdict], numbered: list[tuple[int
                              f"verdict in {cfg.out} judged ({why}); {fresh}")
 
 
+@dataclass
+class VerifyResult:
+    """The verdicts now in ``out`` (resumed ones included): how many, correct, timed out, errored."""
+
+    n: int
+    correct: int
+    timeouts: int
+    errors: int
+    out: str
+
+    def line(self) -> str:
+        pct = f" ({100 * self.correct / self.n:.1f}%)" if self.n else ""
+        return (f"[assay] verify: {self.n} verdicts, {self.correct} correct{pct}, {self.timeouts} timeouts, "
+                f"{self.errors} errors -> {self.out}")
+
+
 def cli_run(cfg: VerifyConfig) -> int:
+    print(run_verify(cfg).line())
+    return 0
+
+
+def check(c: VerifyConfig, key: str = "", skip=(), files: bool = False) -> None:
+    from assay.core.checks import at_least, fail, keyed, one_of
+
+    k = keyed(key)
+    if not c.extractors:
+        raise fail(k("extractors"), "needs at least one extractor")
+    for name in c.extractors:
+        one_of(k("extractors"), name, EXTRACTORS.names(), "answer extractor")
+    one_of(k("verifier"), c.verifier, ["auto", *VERIFIERS.names()], "verifier")
+    at_least(k("workers"), c.workers, 1)
+    if c.timeout_s <= 0:
+        raise fail(k("timeout_s"), f"must be positive, got {c.timeout_s!r}")
+
+
+def run_verify(cfg: VerifyConfig) -> VerifyResult:
+    """Judge every sample of ``cfg.samples`` not yet judged in ``cfg.out`` (resumable)."""
     from assay.core.progress import bar as progress_bar
 
     problems = read_problems(cfg.problems)
@@ -151,13 +187,8 @@ def cli_run(cfg: VerifyConfig) -> int:
                     writer.write(buffer[next_i])
                     verdicts.append(buffer.pop(next_i))
                     next_i += 1
-    n = len(verdicts)
-    correct = sum(v.correct for v in verdicts)
-    timeouts = sum(v.status == "timeout" for v in verdicts)
-    errors = sum(v.status == "error" for v in verdicts)
-    pct = f" ({100 * correct / n:.1f}%)" if n else ""
-    print(f"[assay] verify: {n} verdicts, {correct} correct{pct}, {timeouts} timeouts, {errors} errors -> {cfg.out}")
-    return 0
+    return VerifyResult(len(verdicts), sum(v.correct for v in verdicts), sum(v.status == "timeout" for v in verdicts),
+                        sum(v.status == "error" for v in verdicts), str(cfg.out))
 
 
 @dataclass
