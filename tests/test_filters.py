@@ -118,7 +118,7 @@ def test_run_filters_funnel_and_lost_items_are_an_error():
 
 
 def test_old_gradient_flags_still_parse_into_the_less_section():
-    from assay.core.checks import check_stage
+    from assay.commands import check_stage
     from assay.core.config import ConfigError, add_config_args, config_from_args
     from assay.select.stage import selectors_of
 

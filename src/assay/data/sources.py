@@ -351,3 +351,13 @@ def load_hf(name: str, subset: Optional[str], split: str, question: str = "quest
     prefix = "-".join([Path(name.rstrip("/")).name] + ([subset] if subset else []) + [split])
     rows = ((f"{label} row {i}", i, row) for i, row in enumerate(dataset))
     return map_rows(rows, source=f"hf:{name}", id_prefix=prefix, question=question, answer=answer, ident=ident)
+
+
+def check_task(key: str, task: str, kwargs: dict, kwargs_key: str, seed: int = 0) -> None:
+    """A reasoning-gym task ``rg:<name>`` that exists and accepts ``kwargs`` (one item is generated)."""
+    from assay.core.checks import fail, one_of, passes
+
+    if not task.startswith("rg:"):
+        raise fail(key, f"'{task}' must be a reasoning-gym task 'rg:<name>'")
+    one_of(key, task[3:], rg_task_names(), "reasoning-gym task")
+    passes(kwargs_key, load_rg, task[3:], 1, seed, dict(kwargs))

@@ -228,7 +228,9 @@ def cli_run(cfg: EvalConfig) -> int:
 
 
 def check(c: EvalConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import DTYPES, at_least, check_model, check_template, fail, keyed, one_of, passes
+    from assay.core.checks import DTYPES, at_least, fail, keyed, one_of, passes
+    from assay.data.prompts import check_template
+    from assay.models import check_model
     from assay.sampling.backends import check_backend
 
     k = keyed(key)

@@ -188,7 +188,8 @@ def cli_run(cfg: PlanConfig) -> int:
 
 
 def check(c: PlanConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, check_template, fail, keyed, passes
+    from assay.core.checks import at_least, fail, keyed, passes
+    from assay.data.prompts import check_template
 
     k = keyed(key)
     check_template(k("template"), c.template)

@@ -23,11 +23,11 @@ from typing import Iterable, Optional
 
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.hashing import short_hash
-from assay.core.identity import FileHashes, check_identity, load_record, model_identity
+from assay.core.identity import FileHashes, check_identity, load_record
 from assay.core.io import InputError, open_resumable, read_problems, write_json
 from assay.core.records import Problem, Sample, key
 from assay.data.prompts import TEMPLATES
-from assay.models import DEFAULT_MODEL
+from assay.models import DEFAULT_MODEL, model_identity
 from assay.sampling.backends import make_generator, options_of, protocol_options
 from assay.sampling.base import Decoding, Generator, PromptGroup
 

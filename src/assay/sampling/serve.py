@@ -436,7 +436,8 @@ def cli_run(cfg: ServeConfig) -> int:
 
 
 def check(c: ServeConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import DTYPES, at_least, check_model, fail, keyed, one_of
+    from assay.core.checks import DTYPES, at_least, fail, keyed, one_of
+    from assay.models import check_model
     from assay.sampling.backends import check_backend
 
     k = keyed(key)

@@ -51,7 +51,9 @@ def cli_run(cfg: SampleConfig) -> int:
 
 
 def check(c: SampleConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import DTYPES, at_least, check_model, check_template, keyed, one_of, passes, unit_interval
+    from assay.core.checks import DTYPES, at_least, keyed, one_of, passes, unit_interval
+    from assay.data.prompts import check_template
+    from assay.models import check_model
     from assay.sampling.backends import check_backend
     from assay.sampling.runner import parse_shard
 

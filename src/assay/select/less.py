@@ -390,7 +390,8 @@ SELECTORS.add("less", LessSelector())
 
 def check(c: LessOptions, key: str = "", skip=(), files: bool = False) -> None:
     """The ``less`` section: ``skip`` names the fields a pipeline fills in itself."""
-    from assay.core.checks import at_least, check_model, fail, keyed, unit_interval
+    from assay.core.checks import at_least, fail, keyed, unit_interval
+    from assay.models import check_model
 
     k = keyed(key)
     if "targets" not in skip and not c.targets:

@@ -53,7 +53,10 @@ class StudyCurationConfig:
 def check(cfg: StudyCurationConfig) -> None:
     """Every setting, before the first stage runs."""
     from assay.commands import check_stage
-    from assay.core.checks import at_least, check_model, check_task, check_template, fail
+    from assay.core.checks import at_least, fail
+    from assay.data.prompts import check_template
+    from assay.data.sources import check_task
+    from assay.models import check_model
     from assay.studies.workspace import check_disjoint, refuse_owned
 
     refuse_owned(cfg, OWNED, "study curation", "model, seed, template, train_steps, run_dir")

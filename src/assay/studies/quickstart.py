@@ -66,7 +66,10 @@ def check(cfg: QuickstartConfig) -> None:
     """Every setting of every section, before the first stage runs (a typo in ``train`` would
     otherwise surface only after the held-out set, the pool, an evaluation and sampling)."""
     from assay.commands import check_stage
-    from assay.core.checks import at_least, check_model, check_task, check_template
+    from assay.core.checks import at_least
+    from assay.data.prompts import check_template
+    from assay.data.sources import check_task
+    from assay.models import check_model
     from assay.studies.workspace import check_disjoint, refuse_owned
 
     refuse_owned(cfg, OWNED, "quickstart", "model, k, seed, template, run_dir", by="the pipeline")

@@ -87,7 +87,10 @@ def task_name(source: str) -> str:
 def check(cfg: StudySelectionConfig) -> None:
     """Every setting, before the first stage runs."""
     from assay.commands import check_stage
-    from assay.core.checks import at_least, check_model, check_task, check_template, fail
+    from assay.core.checks import at_least, fail
+    from assay.data.prompts import check_template
+    from assay.data.sources import check_task
+    from assay.models import check_model
     from assay.select.stage import check_selectors
     from assay.studies.workspace import check_disjoint, refuse_owned
 

@@ -305,7 +305,8 @@ def cli_run(cfg: JudgeConfig) -> int:
 
 
 def check(c: JudgeConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, check_model, keyed, one_of
+    from assay.core.checks import at_least, keyed, one_of
+    from assay.models import check_model
     from assay.sampling.backends import check_backend
 
     k = keyed(key)
