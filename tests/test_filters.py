@@ -44,9 +44,8 @@ def no_model_less(monkeypatch, tmp_path):
     """The less selector with its model work replaced: warmup training and scores are canned, the
     bookkeeping (ranking, rejections, cost) is the selector's own."""
     import assay.select.less as less
-    import assay.train
 
-    monkeypatch.setattr(assay.train, "run_training", lambda cfg, progress=False: {"flops": 10.0})
+    monkeypatch.setattr(less, "run_training", lambda cfg, progress=False: {"flops": 10.0})
     monkeypatch.setattr(less, "gradient_scores", lambda model, pool, *a, **k: (
         [float(len(r.messages[-1]["content"])) for r in pool], {"flops": 5.0, "checkpoints": 1}))
     t = tmp_path / "t.jsonl"

@@ -22,7 +22,10 @@ from typing import Optional
 from assay import commands
 from assay.core.config import ConfigError, add_config_args, config_from_args, locate
 from assay.core.io import InputError
+from assay.core.progress import quiet_library_bars
 from assay.core.redact import redact_text
+from assay.core.runs import Run, declared
+from assay.sampling.openai_api import APIError
 
 # name -> (module, config class, help) of every top-level command, from the one command table
 # (``assay.commands``); read at call time, so a test can narrow it.
@@ -77,7 +80,6 @@ def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
     if not run_dir:
         commands.check_stage(cfg, files=True)
         return int(mod.cli_run(cfg) or 0)
-    from assay.core.runs import Run, declared
 
     run = Run(run_dir)
     cfg = _in_run_dir(cfg, run.dir)
@@ -96,8 +98,6 @@ def run_command(command: str, mod, cfg, run_dir: Optional[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from assay.core.progress import quiet_library_bars
-
     # Entered before any command module loads: tqdm reads its TQDM_* defaults once, at import.
     with quiet_library_bars():
         return _main(sys.argv[1:] if argv is None else list(argv))
@@ -130,8 +130,6 @@ def _main(argv: list[str]) -> int:
         # A path the user gave that cannot be opened (a folder, no permission): input, not a bug.
         return _fail(f"{exc.filename}: {exc.strerror or exc}", 2)
     except RuntimeError as exc:
-        from assay.sampling.openai_api import APIError
-
         if not isinstance(exc, APIError):
             raise
         return _fail(str(exc), 1)

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from assay.core.checks import fail, passes
 from assay.core.hashing import sha256_file
 from assay.core.identity import FileHashes
 from assay.core.io import InputError
@@ -43,7 +44,6 @@ class EmbeddedModel:
     """(module, path inside the module) of each chunk, in order, when the file is split."""
     sha256: str = ""
     """Pinned sha256 of the assembled GGUF; checked after assembly, before conversion."""
-
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m-instruct": EmbeddedModel(
@@ -248,7 +248,6 @@ class ModelStats:
     d_attn: int
     """Query width (heads x head_dim), for the attention-over-context term."""
 
-
 def stats_from_config(config: Any) -> ModelStats:
     """Count parameters by building the model on the meta device: exact, free, weight-less."""
     import torch
@@ -305,7 +304,6 @@ def check_model(key: str, spec: str) -> None:
     """The spec names a model that can be loaded: embedded (its packages installed), a folder, a hub id."""
     import importlib.util
 
-    from assay.core.checks import fail, passes
 
     emb = EMBEDDED.get(spec)
     if emb is None:

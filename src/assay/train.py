@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from assay.core.checks import at_least, fail, keyed, one_of
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.hashing import sha256_file, short_hash
 from assay.core.identity import FileHashes, check_identity, load_record, world_size
 from assay.core.io import InputError, read_records, write_json
 from assay.core.progress import interactive
 from assay.core.records import SFTExample
-from assay.models import DEFAULT_MODEL, model_identity
+from assay.core.registry import did_you_mean
+from assay.models import DEFAULT_MODEL, check_model, forward_flops, load, model_identity, resolve, stats_for
 
 METHODS = ("lora", "full")
 
@@ -88,7 +90,6 @@ def to_prompt_completion(ex: SFTExample, where: str) -> dict:
 
 def step_flops(lengths: list[int], stats, method: str, n_lora: int, checkpointing: bool) -> float:
     """Training FLOPs of one batch of sequences of these real lengths (see the module docstring)."""
-    from assay.models import forward_flops
 
     fwd = sum(forward_flops(stats, t) for t in lengths)
     tokens = sum(lengths)
@@ -242,8 +243,6 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         check_identity(str(resume), record.get("identity"), ident, "is a checkpoint of a run with another config",
                        f"choose another --out or delete {ckpt_dir} to train afresh")
     if cfg.method not in METHODS:
-        from assay.core.registry import did_you_mean
-
         raise InputError(f"train.method '{cfg.method}' is not one of {', '.join(METHODS)}{did_you_mean(cfg.method, METHODS)}")
     rows = read_records(cfg.data, SFTExample)
     if not rows:
@@ -256,7 +255,6 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig
 
-    from assay.models import resolve, stats_for
 
     # Seed before anything random is built: the LoRA adapters are initialised outside the Trainer.
     set_seed(cfg.seed)
@@ -345,8 +343,6 @@ def _save_model(trainer, tok, cfg: TrainConfig, out: Path) -> None:
         tok.save_pretrained(lora_dir)
         (lora_dir / "ASSAY_BASE").write_text(cfg.model + "\n")
         if cfg.merge:
-            from assay.models import load
-
             merged, _ = load(str(lora_dir), trust_remote_code=cfg.trust_remote_code)
             merged.save_pretrained(out)
     tok.save_pretrained(out)
@@ -370,9 +366,6 @@ _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "consta
 
 
 def check(c: TrainConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, fail, keyed, one_of
-    from assay.models import check_model
-
     k = keyed(key)
     one_of(k("method"), c.method, METHODS, "training method")
     if c.scheduler not in _SCHEDULERS:

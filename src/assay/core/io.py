@@ -21,7 +21,6 @@ T = TypeVar("T")
 class InputError(Exception):
     """Bad user input (a file, a flag, a name). The CLI prints it and exits with code 2."""
 
-
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, object) for each non-blank line of a JSONL file."""
     path = Path(path)

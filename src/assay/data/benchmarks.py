@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from assay.core.registry import Registry
+from assay.data.problems import ProblemsConfig
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,6 @@ class Benchmark:
     """Drop repeated questions (generators with small spaces repeat themselves)."""
 
     def problems_config(self, out: str, limit: Optional[int], data_dir: Optional[str]):
-        from assay.data.problems import ProblemsConfig
-
         rg = self.source.startswith("rg:")
         return ProblemsConfig(source=self.source, out=out, limit=limit, seed=self.seed if rg else 0,
                               size=self.size if rg else 500, task_kwargs=dict(self.task_kwargs or {}),

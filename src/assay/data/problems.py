@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
+from assay.core.checks import keyed, one_of, passes
 from assay.core.config import opt, save_yaml
 from assay.core.io import InputError, write_records
 from assay.core.records import Problem, to_dict
@@ -32,6 +33,7 @@ from assay.data.sources import (
     load_jsonl,
     load_rg,
     resolve_data_dir,
+    rg_task_names,
 )
 
 __all__ = ["ProblemsConfig", "SOURCES", "check_label", "cli_run", "load_problems", "resolve_config", "run_problems",
@@ -245,8 +247,6 @@ def cli_run(cfg: ProblemsConfig) -> int:
 
 def check(c: ProblemsConfig, key: str = "", skip=(), files: bool = False) -> None:
     """The source names something loadable (a reasoning-gym task that exists)."""
-    from assay.core.checks import keyed, one_of, passes
-    from assay.data.sources import rg_task_names
 
     k = keyed(key)
     kind, name = passes(k("source"), source_kind, c.source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from assay.core.checks import one_of
 from assay.core.registry import Registry
 
 
@@ -50,6 +51,4 @@ def render_ids(msgs: list[dict], tokenizer) -> list[int]:
 
 
 def check_template(key: str, template: str) -> None:
-    from assay.core.checks import one_of
-
     one_of(key, template, TEMPLATES.names(), "prompt template")

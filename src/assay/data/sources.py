@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from assay.core.checks import fail, one_of, passes
 from assay.core.io import InputError, iter_json_lines
 from assay.core.records import Problem
 from assay.core.registry import Registry, did_you_mean
@@ -355,7 +356,6 @@ def load_hf(name: str, subset: Optional[str], split: str, question: str = "quest
 
 def check_task(key: str, task: str, kwargs: dict, kwargs_key: str, seed: int = 0) -> None:
     """A reasoning-gym task ``rg:<name>`` that exists and accepts ``kwargs`` (one item is generated)."""
-    from assay.core.checks import fail, one_of, passes
 
     if not task.startswith("rg:"):
         raise fail(key, f"'{task}' must be a reasoning-gym task 'rg:<name>'")

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from assay.core.checks import at_least, fail, keyed
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import InputError, read_problems, read_records, write_json
 from assay.core.records import Problem, Sample, Verdict, key
@@ -352,8 +353,6 @@ def cli_run(cfg: StatsConfig) -> int:
 
 
 def check(c: StatsConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, fail, keyed
-
     k = keyed(key)
     if not c.ks:
         raise fail(k("ks"), "needs at least one k")

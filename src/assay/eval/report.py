@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from assay.core.config import opt
 from assay.core.io import InputError
+from assay.eval.stage import compare
 
 
 @dataclass
@@ -37,7 +38,6 @@ def _fmt_flops(x: float) -> str:
 
 def before_after_table(d: Path) -> str:
     """The quickstart's summary: held-out accuracy before and after, and what the training cost."""
-    from assay.eval.stage import compare
 
     d = Path(d)
     cmp_ = compare(d / "eval_base", d / "eval_trained")

@@ -24,13 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.checks import DTYPES, at_least, fail, keyed, one_of, passes
+from assay.core.config import load_yaml, opt, save_yaml, to_mapping
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Problem, Sample, Verdict
 from assay.data.benchmarks import BENCHMARKS
-from assay.data.prompts import TEMPLATES
+from assay.data.problems import cli_run as write_problems
+from assay.data.prompts import TEMPLATES, check_template
+from assay.eval.metrics import compute_stats
 from assay.eval.stats import paired_comparison, wilson
-from assay.models import DEFAULT_MODEL
+from assay.models import DEFAULT_MODEL, check_model
+from assay.sampling import SampleConfig, run_sampling
+from assay.sampling.backends import check_backend, make_generator, options_of, protocol_options
+from assay.verify import stage as verify
+from assay.verify.extract import DEFAULT_EXTRACTORS
 
 PROTOCOL_VERSION = 2  # 2: the backend and its output-changing options (dtype for hf) replace 'dtype'
 
@@ -69,9 +76,6 @@ def problems_hash(problems: list[Problem]) -> str:
 
 
 def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
-    from assay.sampling.backends import protocol_options
-    from assay.verify.extract import DEFAULT_EXTRACTORS
-
     tpl = TEMPLATES.get(cfg.template)
     p = {
         # A file benchmark is identified by its content hash below, not by where it lies.
@@ -90,9 +94,6 @@ def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
 
 
 def _sample_and_verify(cfg: EvalConfig, d: Path, tag: str, n: int, temperature: float, generator) -> tuple:
-    from assay.sampling import SampleConfig, run_sampling
-    from assay.verify import stage as verify
-
     scfg = SampleConfig(problems=str(d / "problems.jsonl"), out=str(d / f"{tag}.samples.jsonl"), model=cfg.model,
                         n=n, temperature=temperature, top_p=cfg.top_p if temperature > 0 else 1.0,
                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, template=cfg.template,
@@ -107,14 +108,12 @@ def _sample_and_verify(cfg: EvalConfig, d: Path, tag: str, n: int, temperature: 
 
 def eval_options(cfg: EvalConfig):
     """The checked options of ``cfg.backend`` (a server's request cache goes in the output folder)."""
-    from assay.sampling.backends import options_of
 
     return options_of(cfg, defaults={"cache": str(Path(cfg.out) / "api_cache.jsonl")})
 
 
 def _lazy_generator(cfg: EvalConfig):
     """Load the model once for both the greedy and the sampled pass, and only if there is work."""
-    from assay.sampling.backends import make_generator
 
     options = eval_options(cfg)
     holder: dict[str, Any] = {}
@@ -130,8 +129,6 @@ def _lazy_generator(cfg: EvalConfig):
 
 def run_eval(cfg: EvalConfig, generator=None) -> dict:
     """Evaluate and write ``out/result.json``; reruns resume the sampling and verification."""
-    from assay.data.problems import cli_run as write_problems
-    from assay.eval.metrics import compute_stats
 
     if not cfg.greedy and cfg.n < 1:
         raise InputError("eval: nothing to do: greedy=false and n=0")
@@ -140,8 +137,6 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     old = d / "eval_config.yaml"
     if old.exists() and any((d / f).exists() for f in ("greedy.samples.jsonl", "sampled.samples.jsonl")):
-        from assay.core.config import load_yaml
-
         prev = load_yaml(old)
         changed = sorted(k for k, v in to_mapping(cfg).items() if prev.get(k) != v)
         if changed:
@@ -228,11 +223,6 @@ def cli_run(cfg: EvalConfig) -> int:
 
 
 def check(c: EvalConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import DTYPES, at_least, fail, keyed, one_of, passes
-    from assay.data.prompts import check_template
-    from assay.models import check_model
-    from assay.sampling.backends import check_backend
-
     k = keyed(key)
     check_backend(k, c)
     if "template" not in skip:

@@ -28,9 +28,11 @@ from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import yaml
 
+from assay.core.checks import one_of
 from assay.core.config import ConfigError, from_mapping
 from assay.core.registry import Registry, did_you_mean
 from assay.sampling.base import Generator
+from assay.sampling.openai_api import OpenAIGenerator
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -102,8 +104,6 @@ def _build_hf(model: str, o: HFOptions) -> Generator:
 
 
 def _build_openai(model: str, o: OpenAIOptions) -> Generator:
-    from assay.sampling.openai_api import OpenAIGenerator
-
     return OpenAIGenerator(model, **dataclasses.asdict(o))
 
 
@@ -208,7 +208,6 @@ def make_generator(backend: str, model: str, options: Any = None) -> Generator:
 
 def check_backend(key_of, cfg: Any, field: str = "backend") -> None:
     """A stage's backend name and its options (unknown ones, bad values), as the stage will build them."""
-    from assay.core.checks import one_of
 
     one_of(key_of(field), getattr(cfg, field), BACKENDS.names(), "generation backend")
     options_of(cfg, getattr(cfg, field), section=key_of("").rstrip("."))

@@ -36,7 +36,6 @@ class PromptGroup:
     prompt: Optional[str] = None
     """A raw text prompt (completions API); when set, ``messages`` is ignored and no chat template applies."""
 
-
 @dataclass
 class Generated:
     problem_id: str

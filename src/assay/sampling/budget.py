@@ -22,6 +22,7 @@ from pathlib import Path
 
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Sample
+from assay.sampling.runner import run_sampling, select_problems
 
 
 def trim_to_budget(samples: list[Sample], problem_order: list[str], budget: float) -> tuple[list[Sample], list[Sample]]:
@@ -40,7 +41,6 @@ def trim_to_budget(samples: list[Sample], problem_order: list[str], budget: floa
 
 def run_budgeted(cfg, budget: float, generator=None, progress: bool = True, max_rounds: int = 8) -> dict:
     """Sample until ``budget`` FLOPs are realized, then trim to it; see the module docstring."""
-    from assay.sampling.runner import run_sampling, select_problems
 
     if budget <= 0:
         raise InputError(f"budget must be positive, got {budget}")

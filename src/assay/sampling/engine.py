@@ -39,7 +39,6 @@ class GroupRequest:
     samples: list[tuple[int, int]]
     """(sample_index, seed) pairs still to produce."""
 
-
 @dataclass
 class Completion:
     group_id: str

@@ -22,8 +22,11 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from assay.core.checks import at_least, fail, keyed, passes
 from assay.core.config import opt
-from assay.core.io import InputError
+from assay.core.io import InputError, read_problems
+from assay.data.prompts import TEMPLATES, check_template, render_ids
+from assay.models import resolve, stats_for
 
 
 @dataclass(frozen=True)
@@ -137,8 +140,6 @@ def mean_prompt_tokens(spec: str, problems, template: str) -> float:
     """Mean prompt length of ``problems`` under ``spec``'s tokenizer and chat template."""
     from transformers import AutoTokenizer
 
-    from assay.data.prompts import TEMPLATES, render_ids
-    from assay.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve(spec))  # adapter folders carry their tokenizer too
     tpl = TEMPLATES.get(template)
@@ -146,8 +147,6 @@ def mean_prompt_tokens(spec: str, problems, template: str) -> float:
 
 
 def build_arms(cfg: PlanConfig, problems) -> list[Arm]:
-    from assay.models import stats_for
-
     if not cfg.models:
         raise InputError("plan: give at least one model (--models a,b)")
     n_over = _kv(cfg.n_params, "n_params")
@@ -188,9 +187,6 @@ def cli_run(cfg: PlanConfig) -> int:
 
 
 def check(c: PlanConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, fail, keyed, passes
-    from assay.data.prompts import check_template
-
     k = keyed(key)
     check_template(k("template"), c.template)
     at_least(k("k_anchor"), c.k_anchor, 1)
@@ -204,7 +200,6 @@ def check(c: PlanConfig, key: str = "", skip=(), files: bool = False) -> None:
 
 def run_plan(cfg: PlanConfig) -> PlanResult:
     """Samples per problem for each model of ``cfg.models`` under one budget."""
-    from assay.core.io import read_problems
 
     problems = read_problems(cfg.problems)
     if not problems:

@@ -25,6 +25,7 @@ from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.hashing import short_hash
 from assay.core.identity import FileHashes, check_identity, load_record
 from assay.core.io import InputError, open_resumable, read_problems, write_json
+from assay.core.progress import bar as progress_bar
 from assay.core.records import Problem, Sample, key
 from assay.data.prompts import TEMPLATES
 from assay.models import DEFAULT_MODEL, model_identity
@@ -169,7 +170,6 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
         return summary
     if generator is None:
         generator = make_generator(cfg.backend, cfg.model, backend_options(cfg))
-    from assay.core.progress import bar as progress_bar
 
     t0 = time.perf_counter()
     bar = progress_bar(todo, "sample", "sample", enabled=progress)

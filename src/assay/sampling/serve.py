@@ -41,9 +41,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
+from assay.core.checks import DTYPES, at_least, fail, keyed, one_of
 from assay.core.config import opt
 from assay.core.io import InputError
-from assay.models import DEFAULT_MODEL
+from assay.models import DEFAULT_MODEL, check_model
+from assay.sampling.backends import check_backend, make_generator, options_of
+from assay.sampling.base import PromptGroup
 from assay.sampling.serve_requests import (
     ParsedRequest,
     RequestError,
@@ -182,7 +185,6 @@ class Batcher:
 
     def _prepare(self, job: _Job) -> bool:
         """Render and measure the prompt alone, so a prompt the model cannot take fails only its request."""
-        from assay.sampling.base import PromptGroup
 
         render = getattr(self.generator, "_prompt_ids", None)  # the HF backend's own prompt rendering
         n_prompt = None
@@ -208,8 +210,6 @@ class Batcher:
         return True
 
     def _run(self, jobs: list, decoding) -> None:
-        from assay.sampling.base import PromptGroup
-
         live = [j for j in jobs if not j.finished and not j.cancelled]
         if not live:
             return
@@ -404,8 +404,6 @@ def make_server(cfg: ServeConfig, generator=None) -> ThreadingHTTPServer:
     """Check the config, load the model (unless given a generator) and bind; raises InputError."""
     api_key = check_config(cfg)
     if generator is None:
-        from assay.sampling.backends import make_generator, options_of
-
         generator = make_generator(cfg.backend, cfg.model, options_of(cfg))
     host = cfg.host.strip().strip("[]")
     server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
@@ -436,10 +434,6 @@ def cli_run(cfg: ServeConfig) -> int:
 
 
 def check(c: ServeConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import DTYPES, at_least, fail, keyed, one_of
-    from assay.models import check_model
-    from assay.sampling.backends import check_backend
-
     k = keyed(key)
     one_of(k("dtype"), c.dtype, DTYPES, "dtype")
     if not 0 <= c.port <= 65535:

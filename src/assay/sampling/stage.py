@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from assay.core.io import InputError
-from assay.sampling.runner import SampleConfig, run_sampling
+from assay.core.checks import DTYPES, at_least, keyed, one_of, passes, unit_interval
+from assay.core.io import InputError, read_problems
+from assay.data.prompts import check_template
+from assay.models import check_model
+from assay.sampling.backends import check_backend
+from assay.sampling.budget import run_budgeted
+from assay.sampling.plan import parse_budget
+from assay.sampling.runner import SampleConfig, parse_shard, run_sampling
 
 
 @dataclass
@@ -35,9 +41,6 @@ class SampleResult:
 def run_sample(cfg: SampleConfig, generator=None, progress: bool = True) -> SampleResult:
     """Sample as ``cfg`` says (under its FLOPs budget, when it sets one)."""
     if cfg.budget:
-        from assay.sampling.budget import run_budgeted
-        from assay.sampling.plan import parse_budget
-
         budget, unit = parse_budget(cfg.budget)
         if unit != "flops":
             raise InputError(f"sample --budget {cfg.budget}: local sampling is budgeted in FLOPs")
@@ -51,12 +54,6 @@ def cli_run(cfg: SampleConfig) -> int:
 
 
 def check(c: SampleConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import DTYPES, at_least, keyed, one_of, passes, unit_interval
-    from assay.data.prompts import check_template
-    from assay.models import check_model
-    from assay.sampling.backends import check_backend
-    from assay.sampling.runner import parse_shard
-
     k = keyed(key)
     check_backend(k, c)
     if "template" not in skip:
@@ -72,13 +69,9 @@ def check(c: SampleConfig, key: str = "", skip=(), files: bool = False) -> None:
         at_least(k("limit"), c.limit, 1)
     passes(k("shard"), parse_shard, c.shard)
     if c.budget:
-        from assay.sampling.plan import parse_budget
-
         passes(k("budget"), parse_budget, c.budget)
     if "model" not in skip and c.backend == "hf":
         check_model(k("model"), c.model)
     if files:
-        from assay.core.io import read_problems
-
         if not read_problems(c.problems):
             raise InputError(f"{c.problems}: no problems in it (the file is empty); nothing to sample")

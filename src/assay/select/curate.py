@@ -28,10 +28,14 @@ from typing import Any, Optional
 
 import yaml
 
+from assay.core.checks import fail, keyed, one_of, passes
 from assay.core.config import opt
-from assay.core.io import InputError
+from assay.core.io import InputError, read_problems
+from assay.core.records import Sample, Verdict
 from assay.core.registry import Registry, did_you_mean
 from assay.data import DATA_DIR
+from assay.data.benchmarks import BENCHMARKS
+from assay.data.problems import load_problems
 from assay.data.text import Match, find_duplicates, find_matches, words
 from assay.select.filters import Context, Filter, FunctionFilter, Step, run_filters, write_rejected
 from assay.select.selectors import Candidate, to_example
@@ -51,7 +55,6 @@ class Item:
     """The chosen chain after ``rubric``."""
     group: Optional[str] = None
     """Cluster id from ``dedup`` (used by ``diverse``)."""
-
 
 Rejected = tuple[Item, str]
 STEPS: Registry[Filter] = Registry("curation step")
@@ -224,10 +227,6 @@ class CurateConfig:
 
 
 def _benchmark_problems(names: list[str], data_dir: Optional[str], workdir: Path) -> list:
-    from assay.core.io import read_problems
-    from assay.data.benchmarks import BENCHMARKS
-    from assay.data.problems import load_problems
-
     out = []
     for name in names:
         if name in BENCHMARKS.names():
@@ -243,7 +242,6 @@ def _benchmark_problems(names: list[str], data_dir: Optional[str], workdir: Path
 def run_curation(cfg: CurateConfig) -> dict:
     """Run the steps; write every step's kept and rejected items and the funnel."""
     from assay.core.io import read_problems, read_records, write_json, write_records
-    from assay.core.records import Sample, Verdict
 
     problems = read_problems(cfg.problems)
     items = {p.id: Item(p) for p in problems}
@@ -317,8 +315,6 @@ def cli_run(cfg: CurateConfig) -> int:
 
 
 def check(c: CurateConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import fail, keyed, one_of, passes
-
     k = keyed(key)
     for model, refs in c.references.items():
         if not isinstance(refs, list) or len(refs) != 2:

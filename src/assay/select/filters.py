@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol, Sequence
 
+from assay.core.io import write_records
+
 
 class Rejection(NamedTuple):
     item: Any
@@ -41,7 +43,6 @@ class Context:
     cost: dict = field(default_factory=dict)
     """Compute the filter spent (``flops`` and its parts), recorded in its funnel row."""
 
-
 class Filter(Protocol):
     name: str
 
@@ -50,7 +51,6 @@ class Filter(Protocol):
 
     def apply(self, items: list, ctx: Context) -> tuple[list, list[Rejection]]:
         """(kept, rejections); keeps its input order unless ranking is its job (``less`` returns best first)."""
-
 
 class FunctionFilter:
     """A filter from a plain function ``fn(items, ...) -> (kept, [(item, reason)])``.
@@ -114,6 +114,5 @@ def funnel_flops(funnel: Iterable[dict]) -> float:
 
 def write_rejected(path, rejected: Iterable[Rejection], row: Callable[[Any], dict]) -> int:
     """One JSONL row per rejection: the item's identifying fields, then its step and reason."""
-    from assay.core.io import write_records
 
     return write_records(path, [{**row(r.item), "step": r.step, "reason": r.reason} for r in rejected])

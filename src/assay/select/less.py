@@ -32,10 +32,16 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from assay.core.checks import at_least, fail, keyed, unit_interval
 from assay.core.config import opt
-from assay.core.io import InputError
+from assay.core.io import InputError, read_records, write_json, write_records
+from assay.core.progress import bar as progress_bar
+from assay.core.records import SFTExample
+from assay.data.prompts import render_ids
+from assay.models import check_model, load, resolve, stats_for
 from assay.select.filters import Context, Rejection
 from assay.select.selectors import SELECTORS, to_example
+from assay.train import LoraOptions, TrainConfig, run_training, step_flops
 
 
 class BlockProjector:
@@ -174,7 +180,6 @@ def extract_features(model, examples: Sequence[tuple], store: FeatureStore, proj
 
     ``examples`` are (input_ids, labels) pairs; work resumes at ``store.done``.
     """
-    from assay.core.progress import bar as progress_bar
 
     params = [p for p in model.parameters() if p.requires_grad]
     buf, start = [], store.done
@@ -226,7 +231,6 @@ def tokenize_example(tok, messages: list[dict], max_length: int) -> tuple:
     """(input_ids, labels) with the loss on the last (assistant) turn only, as in training."""
     import torch
 
-    from assay.data.prompts import render_ids
 
     prompt = render_ids(messages[:-1], tok)
     full = tok.apply_chat_template(messages, tokenize=True) if getattr(tok, "chat_template", None) else \
@@ -276,8 +280,6 @@ def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmu
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from assay.models import load, resolve, stats_for
-    from assay.train import step_flops
 
     ckpts = sorted((Path(warmup_dir) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     if not ckpts:
@@ -347,10 +349,6 @@ class LessSelector:
             raise InputError(f"selector 'less' takes no argument (got 'less:{arg}'); set less.n or less.fraction")
 
     def apply(self, cands: list, ctx: Context) -> tuple[list, list[Rejection]]:
-        from assay.core.io import read_records, write_json, write_records
-        from assay.core.records import SFTExample
-        from assay.train import LoraOptions, TrainConfig, run_training
-
         self.check(ctx.arg)
         o: LessOptions = ctx.options
         if not o.targets:
@@ -390,8 +388,6 @@ SELECTORS.add("less", LessSelector())
 
 def check(c: LessOptions, key: str = "", skip=(), files: bool = False) -> None:
     """The ``less`` section: ``skip`` names the fields a pipeline fills in itself."""
-    from assay.core.checks import at_least, fail, keyed, unit_interval
-    from assay.models import check_model
 
     k = keyed(key)
     if "targets" not in skip and not c.targets:

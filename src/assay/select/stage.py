@@ -21,9 +21,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional
 
+from assay.core.checks import keyed, one_of, passes
 from assay.core.config import opt, save_yaml, to_mapping
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Sample, Verdict
+from assay.select import less
 from assay.select.filters import Context, Filter, Rejection, Step, funnel_flops, run_filters, write_rejected
 from assay.select.less import LessOptions
 from assay.select.selectors import SELECTORS, Candidate, build_candidates, to_example
@@ -120,16 +122,12 @@ def cli_run(cfg: SelectConfig) -> int:
 
 def check_selectors(key: str, specs: list) -> None:
     """Names and arguments: each selector checks its own argument."""
-    from assay.core.checks import passes
 
     for name, arg, flt in passes(key, parse_pipeline, [str(s) for s in specs]):
         passes(key, flt.check, arg)
 
 
 def check(c: SelectConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import keyed, one_of
-    from assay.select import less
-
     k = keyed(key)
     if "selectors" not in skip:
         check_selectors(k("selectors"), c.selectors)

@@ -19,13 +19,30 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from assay.commands import check_stage
+from assay.core.checks import at_least, fail
 from assay.core.config import opt
-from assay.core.io import read_records
+from assay.core.io import read_records, write_json
 from assay.core.records import Problem
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
+from assay.data.prompts import check_template
+from assay.data.sources import check_task
 from assay.eval.stage import EvalConfig
-from assay.models import DEFAULT_MODEL
-from assay.studies.workspace import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
+from assay.models import DEFAULT_MODEL, check_model
+from assay.select.curate import CurateConfig, run_curation
+from assay.select.stage import SelectConfig, run_select
+from assay.studies.workspace import (
+    EVAL_OWNED,
+    TRAIN_OWNED,
+    check_disjoint,
+    eval_section,
+    heldout_and_pool,
+    open_run,
+    refuse_owned,
+    sample_and_verify,
+    train_and_evaluate,
+    train_section,
+)
 from assay.train import TrainConfig
 
 OWNED = {"train": TRAIN_OWNED, "eval": EVAL_OWNED}
@@ -52,12 +69,6 @@ class StudyCurationConfig:
 
 def check(cfg: StudyCurationConfig) -> None:
     """Every setting, before the first stage runs."""
-    from assay.commands import check_stage
-    from assay.core.checks import at_least, fail
-    from assay.data.prompts import check_template
-    from assay.data.sources import check_task
-    from assay.models import check_model
-    from assay.studies.workspace import check_disjoint, refuse_owned
 
     refuse_owned(cfg, OWNED, "study curation", "model, seed, template, train_steps, run_dir")
     for name in ("pool_size", "heldout_size", "k", "n", "sample_max_new_tokens", "train_steps"):
@@ -74,11 +85,6 @@ def check(cfg: StudyCurationConfig) -> None:
 
 
 def run(cfg: StudyCurationConfig) -> dict:
-    from assay.core.io import write_json
-    from assay.select.curate import CurateConfig, run_curation
-    from assay.select.stage import SelectConfig, run_select
-    from assay.studies.workspace import heldout_and_pool, open_run, sample_and_verify, train_and_evaluate
-
     check(cfg)
     r = open_run(cfg)
     d = r.dir

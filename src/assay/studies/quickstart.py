@@ -20,13 +20,22 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assay.commands import check_stage
+from assay.core.checks import at_least
 from assay.core.config import opt
+from assay.core.progress import interactive
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
-from assay.eval.stage import EvalConfig
-from assay.models import DEFAULT_MODEL
+from assay.data.prompts import check_template
+from assay.data.sources import check_task
+from assay.eval import report
+from assay.eval.metrics import StatsConfig, format_table, run_stats
+from assay.eval.report import before_after_table
+from assay.eval.stage import EvalConfig, compare, run_eval
+from assay.models import DEFAULT_MODEL, check_model
 from assay.sampling.runner import SampleConfig
-from assay.select.stage import SelectConfig
-from assay.train import TrainConfig
+from assay.select.stage import SelectConfig, run_select
+from assay.studies.workspace import check_disjoint, heldout_and_pool, open_run, refuse_owned, sample_and_verify
+from assay.train import TrainConfig, run_training
 
 
 @dataclass
@@ -65,12 +74,6 @@ OWNED = {
 def check(cfg: QuickstartConfig) -> None:
     """Every setting of every section, before the first stage runs (a typo in ``train`` would
     otherwise surface only after the held-out set, the pool, an evaluation and sampling)."""
-    from assay.commands import check_stage
-    from assay.core.checks import at_least
-    from assay.data.prompts import check_template
-    from assay.data.sources import check_task
-    from assay.models import check_model
-    from assay.studies.workspace import check_disjoint, refuse_owned
 
     refuse_owned(cfg, OWNED, "quickstart", "model, k, seed, template, run_dir", by="the pipeline")
     for name in ("pool_size", "heldout_size", "k"):
@@ -103,13 +106,6 @@ def resolve(cfg: QuickstartConfig) -> QuickstartConfig:
 
 def run(cfg: QuickstartConfig) -> dict:
     """The whole loop; the paired before/after comparison on the held-out problems."""
-    from assay.core.progress import interactive
-    from assay.eval import report
-    from assay.eval.metrics import StatsConfig, format_table, run_stats
-    from assay.eval.stage import compare, run_eval
-    from assay.select.stage import run_select
-    from assay.studies.workspace import heldout_and_pool, open_run, sample_and_verify
-    from assay.train import run_training
 
     cfg = resolve(cfg)
     run_ = open_run(cfg)  # saves the resolved recipe: `assay run <run_dir>/recipe.yaml`
@@ -140,8 +136,6 @@ def run(cfg: QuickstartConfig) -> dict:
 
 
 def print_result(cfg: QuickstartConfig, result: dict) -> None:
-    from assay.eval.report import before_after_table
-
     print(before_after_table(Path(cfg.run_dir)))
     print(f"[assay] report: {Path(cfg.run_dir) / 'report.md'}")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from assay import commands
 from assay.core.config import ConfigError, deep_merge, from_mapping, key_line, load_yaml, locate, opt, parse_overrides
 from assay.core.io import InputError
+from assay.studies.workspace import print_study
 
 
 @dataclass
@@ -58,8 +59,6 @@ def run_recipe(cfg: RecipeConfig) -> tuple[object, object]:
 
 
 def cli_run(cfg: RecipeConfig) -> int:
-    from assay.studies.workspace import print_study
-
     pcfg, results = run_recipe(cfg)
     cmd = commands.for_config(pcfg, ("pipeline", "study"))
     # A study prints its summary; another pipeline has its own (the quickstart's before/after table).

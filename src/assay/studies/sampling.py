@@ -33,12 +33,30 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from assay.commands import check_stage
+from assay.core.checks import at_least, fail
 from assay.core.config import ConfigError, opt
-from assay.core.io import read_records, write_json
+from assay.core.io import read_records, write_json, write_records
+from assay.core.progress import interactive
 from assay.core.records import Problem, Sample, Verdict
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
-from assay.studies.workspace import train_section
-from assay.train import TrainConfig  # noqa: F401  (the type of the ``train`` section)
+from assay.data.prompts import check_template
+from assay.data.sources import check_task
+from assay.data.text import normalize_text
+from assay.eval.stage import EvalConfig, run_eval
+from assay.models import check_model, stats_for
+from assay.sampling import SampleConfig
+from assay.sampling.backends import make_generator
+from assay.sampling.budget import run_budgeted
+from assay.sampling.plan import Arm, mean_prompt_tokens, samples_for_budget
+from assay.select.stage import SelectConfig, check_selectors, run_select
+from assay.studies.workspace import check_disjoint, open_run, problem_set, refuse_owned, rg_config, train_section
+from assay.train import (
+    TrainConfig,  # noqa: F401  (the type of the ``train`` section)
+    run_training,
+)
+from assay.verify.judge import LLMJudge, correct_items, export_audit, false_positive_rate, judgments_to_dicts
+from assay.verify.stage import VerifyConfig, run_verify
 
 # Fields of the students' training section that the study fills in itself.
 OWNED = {"train": ("data", "out", "model", "seed")}
@@ -85,13 +103,6 @@ class StudySamplingConfig:
 
 def check(cfg: StudySamplingConfig) -> None:
     """Every setting, before the first stage runs."""
-    from assay.commands import check_stage
-    from assay.core.checks import at_least, fail
-    from assay.data.prompts import check_template
-    from assay.data.sources import check_task
-    from assay.models import check_model
-    from assay.select.stage import check_selectors
-    from assay.studies.workspace import check_disjoint, refuse_owned
 
     refuse_owned(cfg, OWNED, "study sampling", "wc, se, seed, run_dir")
     for name in ("pool_size", "k_se", "max_new_tokens", "max_batch"):
@@ -126,7 +137,6 @@ def arm_curves(problems: list[Problem], samples: list[Sample], verdicts: list[Ve
     Uses the first j samples (by index) of each problem: the samples are i.i.d. draws, so this is an
     unbiased estimate, and the FLOPs at j are the realized FLOPs of exactly those samples.
     """
-    from assay.data.text import normalize_text
 
     ok = {(v.problem_id, v.sample_index): v.correct for v in verdicts}
     by_p: dict[str, list[Sample]] = {}
@@ -151,14 +161,6 @@ def arm_curves(problems: list[Problem], samples: list[Sample], verdicts: list[Ve
 
 
 def run(cfg: StudySamplingConfig) -> dict:
-    from assay.models import stats_for
-    from assay.sampling import SampleConfig
-    from assay.sampling.budget import run_budgeted
-    from assay.sampling.plan import Arm, mean_prompt_tokens, samples_for_budget
-    from assay.studies.workspace import open_run, problem_set, rg_config
-    from assay.verify.judge import LLMJudge, correct_items, export_audit, false_positive_rate, judgments_to_dicts
-    from assay.verify.stage import VerifyConfig, run_verify
-
     check(cfg)
     run_ = open_run(cfg)
     d = run_.dir
@@ -194,11 +196,8 @@ def run(cfg: StudySamplingConfig) -> dict:
             export_audit(items, d / f"{tag}.audit.csv")
             res["fpr"] = {"fpr": None, "judged": 0, "note": f"audit sheet {tag}.audit.csv exported ({len(items)} items)"}
         elif cfg.judge:
-            from assay.sampling.backends import make_generator
-
             judge_gen = make_generator("hf", cfg.judge, {"max_batch": 16})
             js = LLMJudge(judge_gen, cfg.judge, cache=str(d / f"{tag}.judge_cache.jsonl")).judge(items)
-            from assay.core.io import write_records
 
             write_records(d / f"{tag}.judgments.jsonl", judgments_to_dicts(js))
             res["fpr"] = false_positive_rate(js)
@@ -212,11 +211,7 @@ def run(cfg: StudySamplingConfig) -> dict:
 
 def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
     """The paper's three setups: (student model, data arm)."""
-    from assay.core.progress import interactive
-    from assay.eval.stage import EvalConfig, run_eval
-    from assay.select.stage import SelectConfig, run_select
     from assay.studies.workspace import eval_metrics, problem_set, rg_config
-    from assay.train import run_training
 
     d = run_.dir
     # Its identity is the problems config it is made with: another task (or settings) is another set.

@@ -27,16 +27,33 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assay.commands import check_stage
+from assay.core.checks import at_least, fail
 from assay.core.config import opt
-from assay.core.io import InputError, read_records
+from assay.core.io import InputError, read_records, write_json
 from assay.core.records import Problem, Sample, SFTExample
 from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
+from assay.data.prompts import check_template
+from assay.data.sources import check_task
 from assay.eval.stage import EvalConfig
-from assay.models import DEFAULT_MODEL
+from assay.models import DEFAULT_MODEL, check_model
 from assay.select import less
+from assay.select.curate import CurateConfig, run_curation
 from assay.select.less import LessOptions
-from assay.select.stage import SelectConfig
-from assay.studies.workspace import EVAL_OWNED, TRAIN_OWNED, eval_section, train_section
+from assay.select.stage import SelectConfig, check_selectors, run_select
+from assay.studies.workspace import (
+    EVAL_OWNED,
+    TRAIN_OWNED,
+    check_disjoint,
+    eval_section,
+    open_run,
+    problem_set,
+    refuse_owned,
+    rg_config,
+    sample_and_verify,
+    train_and_evaluate,
+    train_section,
+)
 from assay.train import TrainConfig
 
 # Fields the study fills in itself: setting them is refused (they would be overwritten).
@@ -86,13 +103,6 @@ def task_name(source: str) -> str:
 
 def check(cfg: StudySelectionConfig) -> None:
     """Every setting, before the first stage runs."""
-    from assay.commands import check_stage
-    from assay.core.checks import at_least, fail
-    from assay.data.prompts import check_template
-    from assay.data.sources import check_task
-    from assay.models import check_model
-    from assay.select.stage import check_selectors
-    from assay.studies.workspace import check_disjoint, refuse_owned
 
     refuse_owned(cfg, OWNED, "study selection", "model, seed, n, template, train_steps, run_dir")
     tasks = [cfg.target, *cfg.distractors]
@@ -150,11 +160,6 @@ def ranking_quality(scores: dict[str, float], task_of: dict[str, str], target: s
 
 
 def run(cfg: StudySelectionConfig) -> dict:
-    from assay.core.io import write_json
-    from assay.select.curate import CurateConfig, run_curation
-    from assay.select.stage import run_select
-    from assay.studies.workspace import open_run, problem_set, rg_config, sample_and_verify, train_and_evaluate
-
     check(cfg)
     r = open_run(cfg)
     d = r.dir

@@ -20,7 +20,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 from assay import commands
+from assay.core.checks import fail
 from assay.core.config import ConfigError, from_mapping, opt, parse_overrides, save_yaml, to_mapping
+from assay.core.io import read_records, write_records
+from assay.core.progress import interactive
+from assay.core.records import Problem, SFTExample
+from assay.core.runs import Run
+from assay.data.problems import ProblemsConfig, run_problems, summary_lines
+from assay.data.text import Match, find_matches
+from assay.eval.stage import EvalConfig, compare, run_eval
+from assay.sampling import SampleConfig
+from assay.sampling.stage import run_sample
+from assay.train import TrainConfig, run_training
+from assay.verify.stage import VerifyConfig, run_verify
 
 # Fields of the shared ``train`` and ``eval`` sections that the studies fill in themselves.
 TRAIN_OWNED = ("data", "out", "model", "seed", "max_steps")
@@ -66,7 +78,6 @@ def cli_run(cfg: StudyConfig) -> int:
 
 def open_run(cfg: Any):
     """The study's run directory, with its resolved recipe saved (``assay run <dir>/recipe.yaml`` reruns it)."""
-    from assay.core.runs import Run
 
     r = Run(cfg.run_dir)
     save_yaml(r.dir / "recipe.yaml", {"pipeline": commands.recipe_name(cfg), **to_mapping(cfg)})
@@ -87,7 +98,6 @@ def refuse_owned(cfg: Any, owned: dict[str, tuple], who: str, instead: str, by: 
 def check_disjoint(ranges: dict[str, tuple[str, int, int]]) -> None:
     """Generator-seed ranges ``{set name: (config key, first seed, end)}`` must not overlap: item i of
     a reasoning-gym task is drawn from seed + i, so overlapping ranges share questions."""
-    from assay.core.checks import fail
 
     names = list(ranges)
     for i, a in enumerate(names):
@@ -100,7 +110,6 @@ def check_disjoint(ranges: dict[str, tuple[str, int, int]]) -> None:
 
 def train_section(**defaults):
     """The ``train`` field of a study config: LoRA students (data, out, model, seed and steps set by the study)."""
-    from assay.train import TrainConfig
 
     kw = {"method": "lora", "lr": 2e-4, "batch_size": 8, **defaults}
     return field(default_factory=lambda: TrainConfig(**kw),
@@ -109,7 +118,6 @@ def train_section(**defaults):
 
 def eval_section():
     """The ``eval`` field of a study config: greedy evaluation on the study's held-out problems."""
-    from assay.eval.stage import EvalConfig
 
     return field(default_factory=lambda: EvalConfig(max_new_tokens=256, max_batch=64),
                  metadata={"help": "evaluation (model/benchmark/out/template set by the study)"})
@@ -119,14 +127,11 @@ def eval_section():
 
 def rg_config(path, task: str, kwargs: dict, seed: int, size: int):
     """The ``problems`` stage config of distinct reasoning-gym problems of ``task`` drawn from ``seed`` on."""
-    from assay.data.problems import ProblemsConfig
 
     return ProblemsConfig(source=task, out=str(path), seed=seed, size=size, task_kwargs=dict(kwargs), distinct=True)
 
 
 def _write(pcfg) -> dict:
-    from assay.data.problems import run_problems, summary_lines
-
     res = run_problems(pcfg)
     for line in summary_lines(res):
         print(line)
@@ -135,7 +140,6 @@ def _write(pcfg) -> dict:
 
 def decontaminate(pool: list, heldout: list) -> tuple[list, list[dict]]:
     """Drop pool problems whose question also appears (normalised) in the held-out set."""
-    from assay.data.text import Match, find_matches
 
     hits = find_matches([p.question for p in pool], [h.question for h in heldout], Match("exact"))
     kept, dropped = [], []
@@ -151,8 +155,6 @@ def problem_set(r, name: str, parts: list, out: Optional[Path] = None, against: 
     """Stage ``name``: the problems of ``parts`` (``ProblemsConfig``s), which are its identity. With
     ``against`` (held-out files), the parts are joined into ``out`` without any question of those
     files (the dropped ones in ``<out stem>.decontaminated.jsonl``). Returns the problem file."""
-    from assay.core.io import read_records, write_records
-    from assay.core.records import Problem
 
     if not against:
         (p,) = parts
@@ -197,9 +199,6 @@ def sample_and_verify(r, problems, model: str, k: int, seed: int, template: str,
                       tag: str = "", sample: Any = None) -> tuple[str, str]:
     """Stages ``sample[_tag]`` and ``verify[_tag]``: k samples per problem (temperature 0.7 unless
     ``sample``, a ``SampleConfig``, gives the other settings), verified. Returns the (samples, verdicts) paths."""
-    from assay.sampling import SampleConfig
-    from assay.sampling.stage import run_sample
-    from assay.verify.stage import VerifyConfig, run_verify
 
     pre, suf = (f"{tag}.", f"_{tag}") if tag else ("", "")
     base = sample if sample is not None else SampleConfig(temperature=0.7, max_new_tokens=max_new_tokens, max_batch=64)
@@ -233,10 +232,6 @@ def train_and_evaluate(r, sets: dict[str, str], base_eval, train, model: str, se
     each) and evaluate it under the base's protocol; paired gains against the base (and against the
     set named ``versus``, if any). Every step is a stage of run ``r``, skipped when already done."""
     from assay.core.io import read_records
-    from assay.core.progress import interactive
-    from assay.core.records import SFTExample
-    from assay.eval.stage import compare, run_eval
-    from assay.train import run_training
 
     d = r.dir
     r.stage("eval_base", base_eval, lambda: run_eval(base_eval))

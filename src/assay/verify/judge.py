@@ -26,10 +26,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Protocol
 
+from assay.core.checks import at_least, keyed, one_of
 from assay.core.config import opt
-from assay.core.io import InputError, open_resumable
-from assay.core.registry import Registry
-from assay.models import DEFAULT_MODEL
+from assay.core.io import (
+    InputError,
+    open_resumable,
+    read_numbered,
+    read_problems,
+    read_records,
+    write_json,
+    write_records,
+)
+from assay.core.records import Sample, Verdict
+from assay.core.registry import Registry, did_you_mean
+from assay.eval.stats import wilson
+from assay.models import DEFAULT_MODEL, check_model
+from assay.sampling.backends import check_backend, make_generator, options_of
+from assay.sampling.base import Decoding, PromptGroup
 
 
 @dataclass
@@ -126,7 +139,6 @@ class LLMJudge:
 
     def __init__(self, generator, model_name: str, template: str = "judge-v1", max_new_tokens: int = 512,
                  cache: Optional[str | Path] = None):
-        from assay.sampling.base import Decoding
 
         self.generator, self.model_name = generator, model_name
         self.template = JUDGE_TEMPLATES.get(template)
@@ -135,8 +147,6 @@ class LLMJudge:
         self.cache_path = Path(cache) if cache else None
 
     def judge(self, items: list[dict]) -> list[Judgment]:
-        from assay.sampling.base import PromptGroup
-
         cached: dict[str, str] = {}
         writer = None
         if self.cache_path is not None:
@@ -211,7 +221,6 @@ def import_audit(path: str | Path) -> list[Judgment]:
 
 def false_positive_rate(judgments: list[Judgment]) -> dict:
     """FPR over answer-correct items with a verdict, with a Wilson 95% interval."""
-    from assay.eval.stats import wilson
 
     judged = [j for j in judgments if j.valid is not None]
     invalid = sum(1 for j in judged if j.valid is False)
@@ -266,15 +275,12 @@ class JudgeConfig:
 
 def judge_options(cfg: JudgeConfig, section: str = ""):
     """The checked options of the judge's generator: 16 rows (or requests) at once unless set."""
-    from assay.sampling.backends import options_of
 
     return options_of(cfg, cfg.generator, section=section,
                       defaults={"max_batch": 16, "concurrency": 16, "cache": str(cfg.out) + ".api_cache.jsonl"})
 
 
 def judge_generator(cfg: JudgeConfig):
-    from assay.sampling.backends import make_generator
-
     return make_generator(cfg.generator, cfg.model, judge_options(cfg))
 
 
@@ -305,10 +311,6 @@ def cli_run(cfg: JudgeConfig) -> int:
 
 
 def check(c: JudgeConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, keyed, one_of
-    from assay.models import check_model
-    from assay.sampling.backends import check_backend
-
     k = keyed(key)
     one_of(k("backend"), c.backend, ("llm", "export", "import"), "judge backend")
     if c.backend == "llm":
@@ -321,8 +323,6 @@ def check(c: JudgeConfig, key: str = "", skip=(), files: bool = False) -> None:
 
 def run_judge(cfg: JudgeConfig) -> JudgeResult:
     """Judge (or export for a human audit, or import the filled audit of) the answer-correct samples."""
-    from assay.core.io import read_numbered, read_problems, read_records, write_json, write_records
-    from assay.core.records import Sample, Verdict
 
     if cfg.backend == "import":
         js = import_audit(cfg.audit)
@@ -334,8 +334,6 @@ def run_judge(cfg: JudgeConfig) -> JudgeResult:
         if cfg.backend == "export":
             return JudgeResult(str(cfg.out), len(items), exported=export_audit(items, cfg.audit), audit=str(cfg.audit))
         if cfg.backend != "llm":
-            from assay.core.registry import did_you_mean
-
             raise InputError(f"judge backend '{cfg.backend}'{did_you_mean(cfg.backend, ['llm', 'export', 'import'])}")
         js = LLMJudge(judge_generator(cfg), cfg.model, cfg.template, cfg.max_new_tokens, cache=str(cfg.out) + ".cache.jsonl").judge(items)
     write_records(cfg.out, judgments_to_dicts(js))

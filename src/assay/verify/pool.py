@@ -58,7 +58,6 @@ class Outcome:
 class WorkerStartupError(RuntimeError):
     """A worker died or hung before it could take work; retrying would fail the same way."""
 
-
 def _set_cpu_budget(seconds: float) -> None:
     """Have the kernel kill this worker once it uses ``seconds`` more CPU time.
 

@@ -32,7 +32,6 @@ _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+
 class ExprError(ValueError):
     """The text is not an expression of the accepted grammar (or its value is out of bounds)."""
 
-
 def tokenize(text: str) -> list[tuple[str, str]]:
     """(kind, text) pairs, kind in num / name / op; ExprError on any other character."""
     if len(text) > MAX_CHARS:

@@ -59,7 +59,6 @@ _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSIO
 class SandboxViolation(RuntimeError):
     """A scorer tried to do something a verify worker never may."""
 
-
 class _State(threading.local):
     active = False
     violations: list

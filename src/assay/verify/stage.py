@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from assay.core.checks import at_least, fail, keyed, one_of
 from assay.core.config import load_yaml, opt, save_yaml
 from assay.core.hashing import short_hash
 from assay.core.io import InputError, open_resumable, read_numbered, read_problems
+from assay.core.progress import bar as progress_bar
 from assay.core.records import Problem, Sample, Verdict, key
 from assay.verify import sandbox
 from assay.verify.extract import DEFAULT_EXTRACTORS, EXTRACTORS, extract_answer
@@ -145,8 +147,6 @@ def cli_run(cfg: VerifyConfig) -> int:
 
 
 def check(c: VerifyConfig, key: str = "", skip=(), files: bool = False) -> None:
-    from assay.core.checks import at_least, fail, keyed, one_of
-
     k = keyed(key)
     if not c.extractors:
         raise fail(k("extractors"), "needs at least one extractor")
@@ -160,7 +160,6 @@ def check(c: VerifyConfig, key: str = "", skip=(), files: bool = False) -> None:
 
 def run_verify(cfg: VerifyConfig) -> VerifyResult:
     """Judge every sample of ``cfg.samples`` not yet judged in ``cfg.out`` (resumable)."""
-    from assay.core.progress import bar as progress_bar
 
     problems = read_problems(cfg.problems)
     numbered = read_numbered(cfg.samples, Sample)

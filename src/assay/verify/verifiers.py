@@ -13,6 +13,7 @@ from typing import Callable, Optional, Protocol
 
 from assay.core.records import Problem
 from assay.core.registry import Registry
+from assay.verify import rg as verify_rg
 from assay.verify.extract import DEFAULT_EXTRACTORS, extract_answer
 
 
@@ -112,8 +113,6 @@ class ReasoningGymVerifier:
         import sympy  # noqa: F401  (the algebra tasks' own scorers need it)
 
     def check(self, problem: Problem) -> None:
-        from assay.verify import rg as verify_rg
-
         task, _ = rg_task_entry(problem)
         import reasoning_gym
 
@@ -125,8 +124,6 @@ class ReasoningGymVerifier:
         return f"reasoning_gym:{problem.meta.get('rg_task', '?')}"
 
     def verify(self, problem: Problem, completion: str) -> tuple[Optional[str], bool]:
-        from assay.verify import rg as verify_rg
-
         task, entry = rg_task_entry(problem)
         extracted = extract_answer(completion, self.extractors)
         if extracted is None:
@@ -157,8 +154,6 @@ def _judge_version(verifier: str, rg_task: Optional[str]) -> list:
     except metadata.PackageNotFoundError:
         version = None
     if verifier == "reasoning_gym" and rg_task:
-        from assay.verify import rg as verify_rg
-
         return [version, verify_rg.policy(rg_task)[0], verify_rg.SCORER_VERSION]
     return [version]
 
