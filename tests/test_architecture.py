@@ -97,3 +97,50 @@ def test_no_import_cycles_between_packages():
     for n in graph:
         if n not in seen:
             visit(n, [])
+
+
+HEAVY = {"torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "ray", "matplotlib",
+         "reasoning_gym", "math_verify", "sympy", "latex2sympy2_extended", "gguf", "safetensors"}
+
+
+def _top_level(tree: ast.Module) -> list[ast.stmt]:
+    """Import statements that run when the module is imported (top level, or under if/try there)."""
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+        elif isinstance(node, (ast.If, ast.Try)):
+            todo += node.body + node.orelse + [s for h in getattr(node, "handlers", []) for s in h.body]
+    return out
+
+
+def _pulls_heavy(mod: str, mods: dict[str, Path], seen: set) -> bool:
+    if mod in seen:
+        return False
+    seen.add(mod)
+    for node in _top_level(ast.parse(mods[mod].read_text(encoding="utf-8"))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            ([] if node.level else [node.module] + [f"{node.module}.{a.name}" for a in node.names])
+        for n in names:
+            if n.split(".")[0] in HEAVY:
+                return True
+            while n.startswith("assay") and n not in mods:
+                n = n.rpartition(".")[0]
+            if n in mods and n != mod and _pulls_heavy(n, mods, seen):
+                return True
+    return False
+
+
+def test_assay_modules_are_imported_at_module_level_unless_they_pull_a_heavy_dependency():
+    mods = _modules()
+    lazy = []
+    for m, p in mods.items():
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        top = {id(n) for n in _top_level(tree)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and id(node) not in top and (node.module or "").startswith("assay"):
+                targets = {t for a in node.names for t in [f"{node.module}.{a.name}", node.module] if t in mods}
+                if not any(_pulls_heavy(t, mods, set()) for t in targets):
+                    lazy.append(f"{m}: from {node.module} import ...")
+    assert lazy == [], "import these at module level (they load nothing heavy): " + "; ".join(lazy)

@@ -30,7 +30,7 @@ import yaml
 
 from assay.core.checks import fail, keyed, one_of, passes
 from assay.core.config import opt
-from assay.core.io import InputError, read_problems
+from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Sample, Verdict
 from assay.core.registry import Registry, did_you_mean
 from assay.data import DATA_DIR
@@ -241,8 +241,6 @@ def _benchmark_problems(names: list[str], data_dir: Optional[str], workdir: Path
 
 def run_curation(cfg: CurateConfig) -> dict:
     """Run the steps; write every step's kept and rejected items and the funnel."""
-    from assay.core.io import read_problems, read_records, write_json, write_records
-
     problems = read_problems(cfg.problems)
     items = {p.id: Item(p) for p in problems}
     chains_from = cfg.chains_from or next(iter(cfg.references), "")

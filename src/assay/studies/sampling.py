@@ -50,7 +50,15 @@ from assay.sampling.backends import make_generator
 from assay.sampling.budget import run_budgeted
 from assay.sampling.plan import Arm, mean_prompt_tokens, samples_for_budget
 from assay.select.stage import SelectConfig, check_selectors, run_select
-from assay.studies.workspace import check_disjoint, open_run, problem_set, refuse_owned, rg_config, train_section
+from assay.studies.workspace import (
+    check_disjoint,
+    eval_metrics,
+    open_run,
+    problem_set,
+    refuse_owned,
+    rg_config,
+    train_section,
+)
 from assay.train import (
     TrainConfig,  # noqa: F401  (the type of the ``train`` section)
     run_training,
@@ -211,8 +219,6 @@ def run(cfg: StudySamplingConfig) -> dict:
 
 def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
     """The paper's three setups: (student model, data arm)."""
-    from assay.studies.workspace import eval_metrics, problem_set, rg_config
-
     d = run_.dir
     # Its identity is the problems config it is made with: another task (or settings) is another set.
     held = problem_set(run_, "heldout", [rg_config(d / "heldout.jsonl", cfg.task, cfg.task_kwargs, HELDOUT_SEED,

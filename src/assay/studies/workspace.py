@@ -231,8 +231,6 @@ def train_and_evaluate(r, sets: dict[str, str], base_eval, train, model: str, se
     """Evaluate the base model, then train one student per SFT set (the same ``steps`` optimizer steps
     each) and evaluate it under the base's protocol; paired gains against the base (and against the
     set named ``versus``, if any). Every step is a stage of run ``r``, skipped when already done."""
-    from assay.core.io import read_records
-
     d = r.dir
     r.stage("eval_base", base_eval, lambda: run_eval(base_eval))
     results = {"base": {"examples": 0, **eval_metrics(base_eval.out)}}
