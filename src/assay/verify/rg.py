@@ -181,7 +181,7 @@ def _puzzle24(answer: str, entry: dict) -> float:
     used = [int(n) for n in re.findall(r"\b\d+\b", answer)]
     if len(used) != 4 or any(n > cfg.max_value or n < cfg.min_value for n in used):
         return 0.0
-    return float(int(value) == 24)  # int() truncates, as reasoning-gym's int(parse_expr(...)) does
+    return float(int(value) == 24)  # int() truncates, as reasoning-gym's int() of its parsed value does
 
 
 def _sympy(text: str, symbols: Optional[dict] = None) -> Any:
