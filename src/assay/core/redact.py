@@ -22,6 +22,9 @@ MASK = "***"
 
 _SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|sig|credential|session|auth|jwt|bearer|cookie")
 _SECRET_FIELD = re.compile(r"(^|_)(api_?key|token|secret|password|passwd|credentials?|access_key)$")
+# Environment variables that hold credentials: a process that needs none of them should not have them.
+_SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|^AWS_|^AZURE_|^GCP_|"
+                         r"^GOOGLE_|^OPENAI_|^ANTHROPIC_|^HF_|^HUGGING|^WANDB_|_PROXY$|^PROXY", re.IGNORECASE)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^?#]*@")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>`]+")
@@ -132,3 +135,8 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
             continue
         out.append(redact_text(arg))
     return out
+
+
+def secret_env_name(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential (keys, tokens, proxies)."""
+    return bool(_SECRET_ENV.search(name))

@@ -19,6 +19,7 @@ be on the caller's allow-list (variables, then functions); anything else is an `
 
 from __future__ import annotations
 
+import operator
 import re
 from fractions import Fraction
 from typing import Any, Callable, Optional
@@ -29,8 +30,13 @@ MAX_DEPTH = 100
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|([A-Za-z][A-Za-z0-9_]*)|(\*\*|[-+*/(),]))")
 
 
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
+
+
 class ExprError(ValueError):
     """The text is not an expression of the accepted grammar (or its value is out of bounds)."""
+
 
 def tokenize(text: str) -> list[tuple[str, str]]:
     """(kind, text) pairs, kind in num / name / op; ExprError on any other character."""
@@ -152,7 +158,8 @@ class Builder:
         return -a
 
     def binop(self, op: str, a: Any, b: Any) -> Any:
-        raise ExprError(f"operator {op!r} not accepted here")
+        """Python's operators on the values built so far (numbers or sympy objects alike)."""
+        return _OPERATORS[op](a, b)
 
 
 class FractionBuilder(Builder):
@@ -164,16 +171,10 @@ class FractionBuilder(Builder):
         return Fraction(text)
 
     def binop(self, op: str, a: Fraction, b: Fraction) -> Fraction:
-        if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        if op == "/":
-            if b == 0:
-                raise ExprError("division by zero")
-            return a / b
+        if op == "/" and b == 0:
+            raise ExprError("division by zero")
+        if op != "**":
+            return super().binop(op, a, b)
         if b.denominator != 1:
             raise ExprError("a fractional power is not rational")
         bits = max(a.numerator.bit_length(), a.denominator.bit_length()) * abs(b.numerator)
@@ -227,17 +228,6 @@ class SympyBuilder(Builder):
             return self.functions[fname](*args)
         except (TypeError, ValueError) as exc:
             raise ExprError(f"{fname}: {exc}") from None
-
-    def binop(self, op: str, a: Any, b: Any) -> Any:
-        if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        if op == "/":
-            return a / b
-        return a ** b
 
 
 def parse(text: str, builder: Builder) -> Any:

@@ -27,6 +27,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from assay.core.redact import secret_env_name
+
 # sympy's parse_expr renders "2" as "Integer (2 )" and "0.5" as "Float ('0.5' )", and prepends
 # "from sympy import *". With only these tokens (a literal is always inside its constructor) no
 # attribute access, call of another name or statement can be spelled, nor plain Python arithmetic.
@@ -51,13 +53,11 @@ _BLOCKED_EVENTS = {
     "ctypes.dlopen", "ctypes.dlsym",
     "os.putenv", "os.unsetenv", "sys.settrace", "sys.setprofile",
 }
-# Names that say "secret"; a worker needs none of them.
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|^AWS_|^AZURE_|^GCP_|"
-                          r"^GOOGLE_|^OPENAI_|^ANTHROPIC_|^HF_|^HUGGING|^WANDB_|_PROXY$|^PROXY", re.IGNORECASE)
 
 
 class SandboxViolation(RuntimeError):
     """A scorer tried to do something a verify worker never may."""
+
 
 class _State(threading.local):
     active = False
@@ -162,7 +162,7 @@ def guarded() -> Iterator[list]:
 
 def scrub_environment(environ: "os._Environ[str] | dict" = os.environ) -> list[str]:
     """Remove secret-looking variables (API keys, tokens, proxies with credentials); returns their names."""
-    names = [k for k in list(environ) if _SECRET_NAME.search(k)]
+    names = [k for k in list(environ) if secret_env_name(k)]
     for k in names:
         del environ[k]
     return names
@@ -173,7 +173,7 @@ def scrubbed_environ() -> Iterator[None]:
     """This process's environment without secrets for the duration, e.g. while it starts the fork
     server that verify workers come from: a child's initial environment stays readable in
     /proc/<pid>/environ even after the child deletes the variables."""
-    saved = {k: os.environ[k] for k in list(os.environ) if _SECRET_NAME.search(k)}
+    saved = {k: os.environ[k] for k in list(os.environ) if secret_env_name(k)}
     for k in saved:
         del os.environ[k]
     try:
