@@ -1,8 +1,9 @@
-"""Training tokens/s: LoRA vs full fine-tuning through ``assay.train.run_training``, side by side.
+"""Training tokens/s: LoRA vs full fine-tuning, fp32 vs bf16 autocast, through ``assay.train.run_training``,
+side by side in one run, each beside the machine's matmul peak in its dtype (``limits.py``).
 
-Both arms train on the same synthetic SFT set (one user turn, then an assistant turn of
+All arms train on the same synthetic SFT set (one user turn, then an assistant turn of
 arithmetic lines such as ``12 + 7 = 19.`` grown until the rendered chat is about ``--seq-len``
-tokens long), with the same batch size, step count, seed and precision. Throughput comes from
+tokens long), with the same batch size, step count and seed. Throughput comes from
 the per-step training log (``train_log.jsonl``, cumulative real tokens, FLOPs and elapsed
 seconds) and leaves out the first ``--warmup-steps`` steps, which include one-off costs (lazy
 initialisation, allocator growth, the first optimizer state allocation):
@@ -11,7 +12,10 @@ initialisation, allocator growth, the first optimizer state allocation):
 
 and the same for FLOPs/s (the FLOPs counted by ``assay.train``, see its module docstring: 3 F(T)
 per sequence for full fine-tuning, 2 F(T) + 6 N_lora T for LoRA). Model loading, data
-preparation and the final save are outside the measured window.
+preparation and the final save are outside the measured window. bf16 is autocast over fp32 master
+weights (``TrainConfig.dtype=bfloat16``): the FLOPs are the same count, so their rate over the bf16
+peak says how much of the faster multiplies training actually uses. The final loss of each arm is
+shown, so a bf16 arm that trains worse is visible beside its speed.
 
 Each run is its own child process (spawned), so neither arm inherits the other's allocations or
 warm caches, and peak RSS (``getrusage`` of that process: model load included) is per run. With
@@ -19,6 +23,7 @@ warm caches, and peak RSS (``getrusage`` of that process: model load included) i
 
     python benchmarks/bench_train.py --model tiny --steps 4
     python benchmarks/bench_train.py --model smollm2-135m-instruct --steps 8 --batch-size 4 --seq-len 256
+    python benchmarks/bench_train.py --model smollm2-135m-instruct --methods lora --dtypes float32,bfloat16
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+from limits import Limits
 
 from assay.core.io import write_records
 from assay.core.records import SFTExample
@@ -113,7 +120,7 @@ def one_run(kw: dict, warmup: int, threads: int) -> dict:
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its log dicts; stdout keeps the table
         summary = run_training(TrainConfig(**kw), progress=False)
     res = measure(Path(kw["out"]) / "train_log.jsonl", warmup)
-    res.update(method=kw["method"], n_trainable=summary["n_trainable"], n_params=summary["n_params"],
+    res.update(method=kw["method"], dtype=summary["dtype"], n_trainable=summary["n_trainable"], n_params=summary["n_params"],
                steps=summary["steps"], tokens=summary["tokens"], wall_s=summary["wall_s"],
                sequences=summary["sequences"], tokens_per_seq=summary["tokens"] / max(1, summary["sequences"]),
                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -146,7 +153,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256, help="target tokens per sequence (rendered chat)")
     ap.add_argument("--examples", type=int, default=32, help="rows in the synthetic SFT set")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast in both arms")
+    ap.add_argument("--methods", default=",".join(METHODS), help="training methods to compare")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes to compare (bfloat16: autocast)")
     ap.add_argument("--rounds", type=int, default=1, help="runs per method (order alternates); medians are shown")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (0: torch default)")
@@ -174,44 +182,60 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         spec = str(save_tiny(tmp / "tiny"))
     data = tmp / "sft.jsonl"
     lengths = build_data(spec, data, args.examples, args.seq_len, args.seed)
+    methods, dtypes = args.methods.split(","), args.dtypes.split(",")
     print(f"model={args.model} steps={args.steps} (first {args.warmup_steps} not measured) batch={args.batch_size} "
           f"seq_len~{statistics.mean(lengths):.0f} (min {min(lengths)}, max {max(lengths)}) examples={args.examples} "
-          f"bf16={args.bf16} rounds={args.rounds}", flush=True)
+          f"rounds={args.rounds}", flush=True)
+    if args.threads:
+        import torch
 
-    runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+        torch.set_num_threads(args.threads)
+    limits = Limits(dtypes)
+    print(limits.header(), flush=True)
+
+    arms = [(m, d) for m in methods for d in dtypes]
+    runs: dict[tuple, list[dict]] = {a: [] for a in arms}
     for r in range(args.rounds):
-        order = ("lora", "full") if r % 2 == 0 else ("full", "lora")
-        for m in order:
-            kw = dict(data=str(data), out=str(tmp / f"{m}-{r}"), model=spec, method=m, max_steps=args.steps,
+        for m, d in (arms if r % 2 == 0 else arms[::-1]):
+            kw = dict(data=str(data), out=str(tmp / f"{m}-{d}-{r}"), model=spec, method=m, max_steps=args.steps,
                       batch_size=args.batch_size, save_steps=10**9, max_length=args.seq_len + 16, lr=LR[m],
-                      bf16=args.bf16, seed=args.seed)
+                      dtype=d, seed=args.seed)
             res = run_isolated(kw, args.warmup_steps, args.threads)
-            runs[m].append(res)
-            print(f"[round {r + 1}/{args.rounds}] {m}: {res['tokens_per_s']:.1f} tok/s over "
+            runs[(m, d)].append(res)
+            print(f"[round {r + 1}/{args.rounds}] {m} {d}: {res['tokens_per_s']:.1f} tok/s over "
                   f"{res['measured_steps']} steps ({res['measured_tokens']} tokens, {res['measured_s']:.2f} s); "
                   f"first {args.warmup_steps} steps {res['first_steps_s']:.2f} s", file=sys.stderr, flush=True)
 
-    med = {m: {k: statistics.median(x[k] for x in runs[m]) for k in ("tokens_per_s", "flops_per_s", "peak_rss_mib")}
-           for m in METHODS}
-    gpu = runs["full"][0]["peak_gpu_mib"] is not None
-    print(f"threads={runs['lora'][0]['threads']} tokens/seq={runs['full'][0]['tokens_per_seq']:.1f} "
-          f"params={runs['full'][0]['n_params']:,}")
+    keys = ("tokens_per_s", "flops_per_s", "peak_rss_mib", "final_loss")
+    med = {a: {k: statistics.median(x[k] for x in runs[a]) for k in keys} for a in arms}
+    gpu = runs[arms[0]][0]["peak_gpu_mib"] is not None
+    first = runs[arms[0]][0]
+    print(f"threads={first['threads']} tokens/seq={first['tokens_per_seq']:.1f} params={first['n_params']:,}")
     print()
-    print("| method | trainable params | tokens/s | FLOPs/s | peak RSS MiB |" + (" peak GPU MiB |" if gpu else ""))
-    print("|---|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
-    for m in METHODS:
-        row = (f"| {m} | {runs[m][0]['n_trainable']:,} | {med[m]['tokens_per_s']:.1f} | "
-               f"{si(med[m]['flops_per_s'])} | {med[m]['peak_rss_mib']:.0f} |")
+    print("| method | dtype | trainable params | tokens/s | FLOPs/s | % of matmul peak | final loss | peak RSS MiB |"
+          + (" peak GPU MiB |" if gpu else ""))
+    print("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
+    for m, d in arms:
+        x = med[(m, d)]
+        row = (f"| {m} | {d} | {runs[(m, d)][0]['n_trainable']:,} | {x['tokens_per_s']:.1f} | {si(x['flops_per_s'])} | "
+               f"{limits.fraction(x['flops_per_s'], d):.1%} | {x['final_loss']:.4f} | {x['peak_rss_mib']:.0f} |")
         if gpu:
-            row += f" {max(x['peak_gpu_mib'] for x in runs[m]):.0f} |"
+            row += f" {max(r['peak_gpu_mib'] for r in runs[(m, d)]):.0f} |"
         print(row)
-    ratio = med["lora"]["tokens_per_s"] / med["full"]["tokens_per_s"]
     print()
-    print(f"LoRA / full tokens/s ratio: {ratio:.2f}x")
+    ratios = {}
+    if "lora" in methods and "full" in methods:
+        for d in dtypes:
+            ratios[f"lora/full {d}"] = med[("lora", d)]["tokens_per_s"] / med[("full", d)]["tokens_per_s"]
+    if len(dtypes) > 1:
+        for m in methods:
+            ratios[f"{m} {dtypes[-1]}/{dtypes[0]}"] = med[(m, dtypes[-1])]["tokens_per_s"] / med[(m, dtypes[0])]["tokens_per_s"]
+    print("tokens/s ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "seq_lengths": lengths, "runs": runs, "median": med, "ratio": ratio},
-                      fh, indent=2)
+            json.dump({"args": vars(args), "limits": limits.as_dict(), "seq_lengths": lengths,
+                       "runs": {f"{m}/{d}": v for (m, d), v in runs.items()},
+                       "median": {f"{m}/{d}": v for (m, d), v in med.items()}, "ratios": ratios}, fh, indent=2)
 
 
 if __name__ == "__main__":

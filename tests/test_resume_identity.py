@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from assay.cli import main
+from assay.core.hardware import resolve_dtype
 from assay.core.io import read_records, write_records
 from assay.core.records import Problem, Sample, Verdict
 
@@ -51,7 +52,10 @@ def test_sample_rerun_with_another_seed_is_refused(tiny_model_dir, tmp_path, cap
              f"{out}: holds samples made with other settings", "seed: 0 then, 99 now", "choose another --out or delete")
     assert out.read_bytes() == before
     # dtype is not in the records at all; only the identity record knows it.
-    _refused(_sample_args(probs, out, tiny_model_dir, "--dtype", "bfloat16"), capsys, "dtype: 'float32' then")
+    # The default 'auto' is recorded as the dtype it resolved to, so the other one is refused.
+    ran = resolve_dtype("auto")
+    other = "float32" if ran == "bfloat16" else "bfloat16"
+    _refused(_sample_args(probs, out, tiny_model_dir, "--dtype", other), capsys, f"dtype: '{ran}' then")
     assert out.read_bytes() == before
 
 

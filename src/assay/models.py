@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from assay.core.checks import fail, passes
+from assay.core.hardware import resolve_dtype
 from assay.core.hashing import sha256_file
 from assay.core.identity import FileHashes
 from assay.core.io import InputError
@@ -213,7 +214,9 @@ def adapter_base(path: str | Path) -> Optional[str]:
 
 
 def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
-    """Load (model, tokenizer) for a spec, in eval mode; a LoRA adapter folder is merged into its base."""
+    """Load (model, tokenizer) for a spec, in eval mode; a LoRA adapter folder is merged into its base.
+
+    ``dtype`` may be ``auto`` (:func:`assay.core.hardware.resolve_dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -221,7 +224,8 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_co
     base = adapter_base(path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        resolve(base) if base else path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        resolve(base) if base else path, dtype=getattr(torch, resolve_dtype(dtype, device)),
+        trust_remote_code=trust_remote_code
     )
     if base:
         from peft import PeftModel

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from assay.core.checks import at_least, fail, keyed, one_of
-from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.config import ConfigError, opt, save_yaml, to_mapping
+from assay.core.hardware import DTYPES, resolve_dtype
 from assay.core.hashing import sha256_file, short_hash
 from assay.core.identity import FileHashes, check_identity, load_record, world_size
 from assay.core.io import InputError, read_records, write_json
@@ -53,9 +54,21 @@ class LoraOptions:
     target_modules: list = opt(["all-linear"], help="modules that get adapters; 'all-linear' = every linear but the head")
 
 
+def _legacy(data: dict, where: str) -> dict:
+    """``bf16: true/false`` was the precision switch before ``dtype`` (and its ``auto``)."""
+    if "bf16" in data:
+        if "dtype" in data:
+            raise ConfigError(where, "bf16", "'bf16' is the old name of 'dtype'; give only one of them")
+        value = data.pop("bf16")
+        on = value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes", "on")
+        data["dtype"] = "bfloat16" if on else "float32"
+    return data
+
+
 @dataclass
 class TrainConfig:
     INPUTS, OUTPUTS = ("data", "model"), ("out",)
+    LEGACY = staticmethod(_legacy)
     data: str = opt("sft.jsonl", help="SFT JSONL from `assay select` (rows with `messages`)")
     out: str = opt("checkpoint", help="output folder: HF checkpoint, config, log, summary")
     model: str = opt(DEFAULT_MODEL, help="base model spec")
@@ -71,7 +84,8 @@ class TrainConfig:
     scheduler: str = opt("cosine", help="learning-rate schedule (transformers names: cosine, linear, constant, ...)")
     weight_decay: float = opt(0.0, help="AdamW weight decay")
     seed: int = opt(0, help="seed of initialisation, data order and dropout")
-    bf16: bool = opt(False, help="bf16 autocast (1.3-1.9x faster on recent CPUs; changes numerics)")
+    dtype: str = opt("auto", help="compute dtype: bfloat16 (bf16 autocast over fp32 master weights), float32, or auto "
+                                  "(bfloat16 where the hardware multiplies it, else float32); was 'bf16: true/false'")
     gradient_checkpointing: bool = opt(False, help="recompute activations in backward to save memory")
     merge: bool = opt(True, help="LoRA: save the merged model (loads like any HF model); the adapter is kept in adapter/")
     save_steps: int = opt(50, help="write a resumable checkpoint every this many steps")
@@ -214,10 +228,17 @@ def train_identity(cfg: TrainConfig, hashes: Optional[FileHashes] = None) -> dic
     """What a training result depends on: the data's content, every result-changing setting, the
     model (with its files' hashes when local) and the number of processes (the effective batch)."""
     ident = {k: v for k, v in to_mapping(cfg).items() if k not in _NOT_IDENTITY}
+    ident["dtype"] = train_dtype(cfg)  # what ran, not 'auto': a bf16 checkpoint never resumes as fp32
     ident["data"] = {"sha256": sha256_file(Path(cfg.data)) if Path(cfg.data).exists() else None}
     ident["model"] = model_identity(cfg.model, hashes)
     ident["world_size"] = world_size()
     return ident
+
+
+def train_dtype(cfg: TrainConfig) -> str:
+    import torch
+
+    return resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -278,7 +299,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.bf16,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=ident["dtype"] == "bfloat16", fp16=ident["dtype"] == "float16",
         # Only passed when on: the flag is being renamed upstream and warns when merely set.
         **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}), logging_steps=cfg.logging_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.keep_checkpoints or None, report_to="none",
@@ -320,7 +342,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         "train_loss": result.training_loss, "n_params": stats_for(cfg.model).n_params,
         "n_trainable": n_trainable, "merged": cfg.method == "lora" and cfg.merge,
         "resumed_from": str(resume) if resume else None, "world_size": trainer.args.world_size,
-        "config_hash": short_hash(ident), "identity": ident,
+        "dtype": ident["dtype"], "config_hash": short_hash(ident), "identity": ident,
     }
     _save_model(trainer, tok, cfg, out)
     if trainer.is_world_process_zero():
@@ -368,6 +390,7 @@ _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "consta
 def check(c: TrainConfig, key: str = "", skip=(), files: bool = False) -> None:
     k = keyed(key)
     one_of(k("method"), c.method, METHODS, "training method")
+    one_of(k("dtype"), c.dtype, [d for d in DTYPES if d != "float64"], "dtype")
     if c.scheduler not in _SCHEDULERS:
         from transformers.trainer_utils import SchedulerType
 

@@ -19,8 +19,6 @@ from assay.core.config import ConfigError
 from assay.core.io import InputError
 from assay.core.registry import did_you_mean
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-
 
 def keyed(key: str) -> Callable[[str], str]:
     """``name -> "section.name"`` for a config checked as section ``key`` of a pipeline (plain name at top level)."""

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from assay.core.checks import DTYPES, at_least, fail, keyed, one_of, passes
+from assay.core.checks import at_least, fail, keyed, one_of, passes
 from assay.core.config import load_yaml, opt, save_yaml, to_mapping
+from assay.core.hardware import DTYPES
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Problem, Sample, Verdict
 from assay.data.benchmarks import BENCHMARKS
@@ -58,7 +59,7 @@ class EvalConfig:
     seed: int = opt(0, help="seed of the sampled completions")
     backend: str = opt("hf", help="generation backend: hf (local) or openai (an OpenAI-compatible server, see --base-url)")
     max_batch: int = opt(64, help="rows decoded together (openai: concurrent requests)")
-    dtype: str = opt("float32", help="hf: model dtype; part of the protocol since it changes greedy outputs")
+    dtype: str = opt("auto", help="hf: model dtype (auto: bfloat16 where the hardware multiplies it, else float32); the resolved dtype is part of the protocol since it changes greedy outputs")
     device: str = opt("cpu", help="hf: torch device")
     base_url: str = opt("", help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL)")
     backend_options: dict = opt({}, help="the backend's own options over the flat flags (see `assay sample --help`), "

@@ -30,11 +30,10 @@ import yaml
 
 from assay.core.checks import one_of
 from assay.core.config import ConfigError, from_mapping
+from assay.core.hardware import DTYPES, resolve_dtype
 from assay.core.registry import Registry, did_you_mean
 from assay.sampling.base import Generator
 from assay.sampling.openai_api import OpenAIGenerator
-
-DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 @dataclass
@@ -45,7 +44,7 @@ class HFOptions:
                             "trust_remote_code": "trust_remote_code"}
     # dtype changes greedy outputs; device is left out as eval always had it (one number on CPU and GPU).
     PROTOCOL: ClassVar[tuple] = ("dtype",)
-    dtype: str = "float32"
+    dtype: str = "auto"  # bf16 where the hardware has it (assay.core.hardware); resolved before use
     device: str = "cpu"
     max_batch: int = 32
     trust_remote_code: bool = False
@@ -58,6 +57,10 @@ class HFOptions:
             raise _bad(key("max_batch"), f"must be at least 1, got {self.max_batch!r}")
         if not 0 < self.refill_fraction <= 1:
             raise _bad(key("refill_fraction"), f"must be in (0, 1], got {self.refill_fraction!r}")
+
+    def resolved(self) -> "HFOptions":
+        """``dtype: auto`` made concrete for this device: what runs, and what protocols record."""
+        return dataclasses.replace(self, dtype=resolve_dtype(self.dtype, self.device))
 
 
 @dataclass
@@ -155,7 +158,7 @@ def resolve_options(backend: str, options: Any = None, *, flat: Optional[Mapping
     spec = BACKENDS.get(backend)
     if isinstance(options, spec.options):
         options.validate(lambda n: at(f"backend_options.{n}"))
-        return options
+        return options.resolved() if hasattr(options, "resolved") else options
     cls = spec.options
     names = [f.name for f in fields(cls)]
     if isinstance(options, str):
@@ -180,7 +183,7 @@ def resolve_options(backend: str, options: Any = None, *, flat: Optional[Mapping
         name = exc.key.rsplit(".", 1)[-1]
         raise _bad(source.get(name, exc.key), f"{exc.detail} (an option of backend '{backend}')") from None
     built.validate(lambda n: source[n])
-    return built
+    return built.resolved() if hasattr(built, "resolved") else built
 
 
 def options_of(cfg: Any, backend: Optional[str] = None, defaults: Optional[Mapping] = None, section: str = "") -> Any:

@@ -19,6 +19,7 @@ shapes), and a resumed run reproduces the samples it redoes.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -96,6 +97,18 @@ class _BufferLayer(DynamicLayer):
         return self.length
 
 
+def cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` since transformers 5.2x, where
+    ``past_key_values`` is deprecated (removed in 5.40); older 5.x releases know only the old name."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _out_cache(out) -> Cache:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @dataclass
 class _Row:
     group_id: str
@@ -156,6 +169,7 @@ class ContinuousBatcher:
         self.device = next(model.parameters()).device
         self.stats = EngineStats()
         self._stop_tail = max((len(s) for s in self.stop), default=0) + 8
+        self._cache_kw = cache_kwarg(model)
 
     # --- cache bookkeeping -------------------------------------------------------------
     def _new_cache(self, kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> Cache:
@@ -177,7 +191,7 @@ class ContinuousBatcher:
         self.stats.forward_passes += 1
         self.stats.prefill_tokens += sum(len(p) for p in prompts)
         self.stats.prefill_padded_tokens += ids.numel()
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        kv = [(layer.keys, layer.values) for layer in _out_cache(out).layers]
         return out.logits[:, -1, :], kv, mask
 
     def _merge(self, keep: list[int], new_kv, new_mask, new_index: list[int]):
@@ -290,8 +304,8 @@ class ContinuousBatcher:
             pos = torch.tensor([[r.prompt_len + len(r.tokens) - 1] for r in rows], dtype=torch.long,
                                device=self.device)
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(rows), 1))], dim=1)
-            out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos,
-                             past_key_values=self.cache, use_cache=True)
+            out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True,
+                             **{self._cache_kw: self.cache})
             self.stats.forward_passes += 1
             self.stats.row_steps += len(rows)
             live = [i for i, r in enumerate(rows) if not r.done]

@@ -48,7 +48,7 @@ class SampleConfig:
     seed: int = opt(0, help="base seed; each sample's seed derives from it and the sample's key")
     template: str = opt("boxed-v1", help="prompt template id")
     max_batch: int = opt(32, help="rows decoded together by the HF backend")
-    dtype: str = opt("float32", help="model dtype (float32, bfloat16, float16)")
+    dtype: str = opt("auto", help="model dtype: auto (bfloat16 where the hardware multiplies it, else float32), float32, bfloat16, float16")
     device: str = opt("cpu", help="torch device")
     limit: Optional[int] = opt(None, help="use only the first N problems")
     shard: str = opt("0/1", help="'i/N': take problems whose position modulo N is i")

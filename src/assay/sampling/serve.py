@@ -41,8 +41,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from assay.core.checks import DTYPES, at_least, fail, keyed, one_of
+from assay.core.checks import at_least, fail, keyed, one_of
 from assay.core.config import opt
+from assay.core.hardware import DTYPES
 from assay.core.io import InputError
 from assay.models import DEFAULT_MODEL, check_model
 from assay.sampling.backends import check_backend, make_generator, options_of
@@ -68,7 +69,7 @@ class ServeConfig:
     port: int = opt(8000, help="port; 0 picks a free one (printed on start)")
     backend: str = opt("hf", help="generation backend behind the API (openai: relay another server)")
     max_batch: int = opt(32, help="rows decoded together")
-    dtype: str = opt("float32", help="model dtype")
+    dtype: str = opt("auto", help="model dtype (auto: bfloat16 where the hardware multiplies it, else float32)")
     device: str = opt("cpu", help="torch device")
     backend_options: dict = opt({}, help="the backend's own options (see `assay sample --help`), e.g. refill_fraction=0.25")
     max_tokens_limit: int = opt(4096, help="refuse requests asking for more new tokens than this")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from assay.core.checks import DTYPES, at_least, keyed, one_of, passes, unit_interval
+from assay.core.checks import at_least, keyed, one_of, passes, unit_interval
+from assay.core.hardware import DTYPES
 from assay.core.io import InputError, read_problems
 from assay.data.prompts import check_template
 from assay.models import check_model

@@ -32,7 +32,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from assay.core.checks import at_least, fail, keyed, unit_interval
+from assay.core.checks import at_least, fail, keyed, one_of, unit_interval
 from assay.core.config import opt
 from assay.core.io import InputError, read_records, write_json, write_records
 from assay.core.progress import bar as progress_bar
@@ -175,17 +175,18 @@ class FeatureStore:
 
 
 def extract_features(model, examples: Sequence[tuple], store: FeatureStore, projector, moments=None,
-                     flush_every: int = 16, progress: bool = True) -> FeatureStore:
+                     flush_every: int = 16, progress: bool = True, dtype: str = "float32") -> FeatureStore:
     """Per-example LoRA gradient -> (Adam-preconditioned with ``moments`` = (m, v) if given) -> projection.
 
-    ``examples`` are (input_ids, labels) pairs; work resumes at ``store.done``.
+    ``examples`` are (input_ids, labels) pairs; work resumes at ``store.done``. ``dtype=bfloat16``
+    runs the forward and backward under bf16 autocast (the gradients stay fp32, as the weights).
     """
 
     params = [p for p in model.parameters() if p.requires_grad]
     buf, start = [], store.done
     shown = progress_bar(len(examples), "features", "example", initial=store.done, enabled=progress)
     for i in range(store.done, len(examples)):
-        g = lora_gradient(model, *examples[i], params=params)
+        g = lora_gradient(model, *examples[i], params=params, dtype=dtype)
         if moments is not None:
             g = adam_precondition(g, *moments)
         buf.append(projector(g.detach()).numpy())
@@ -214,14 +215,16 @@ def enable_checkpointing(model) -> None:
     model.config.use_cache = False
 
 
-def lora_gradient(model, input_ids, labels, params: Optional[Iterable] = None):
+def lora_gradient(model, input_ids, labels, params: Optional[Iterable] = None, dtype: str = "float32"):
     """Flat gradient of one example's mean completion loss w.r.t. the trainable (LoRA) parameters."""
     import torch
 
     params = [p for p in (params or model.parameters()) if p.requires_grad]
     model.zero_grad(set_to_none=True)
-    out = model(input_ids=torch.as_tensor(input_ids).reshape(1, -1), labels=torch.as_tensor(labels).reshape(1, -1))
-    grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=getattr(torch, dtype), enabled=dtype in ("bfloat16", "float16")):
+        out = model(input_ids=torch.as_tensor(input_ids).reshape(1, -1), labels=torch.as_tensor(labels).reshape(1, -1))
+        grads = torch.autograd.grad(out.loss, params, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
 
 
@@ -269,7 +272,8 @@ def checkpoint_lr(ckpt) -> float:
 
 
 def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmup_dir, dim: int, seed: int,
-                    max_length: int, out_dir, progress: bool = True, checkpointing: bool = False) -> tuple[np.ndarray, dict]:
+                    max_length: int, out_dir, progress: bool = True, checkpointing: bool = False,
+                    dtype: str = "float32") -> tuple[np.ndarray, dict]:
     """LESS scores of ``pool`` (SFTExample rows) against ``targets`` (task -> rows), using the warmup
     run's checkpoints in ``warmup_dir/checkpoints``; features are stored (and resumed) in ``out_dir``.
 
@@ -302,12 +306,12 @@ def gradient_scores(model_spec: str, pool: list, targets: dict[str, list], warmu
         proj = SparseSignProjector(D, dim, seed=seed)
         moments = checkpoint_moments(ck, params)
         store = extract_features(model, pool_ex, FeatureStore(str(out_dir / f"{ck.name}.train.npy"), len(pool_ex), dim),
-                                 proj, moments=moments, progress=progress)
+                                 proj, moments=moments, progress=progress, dtype=dtype)
         train_feats.append(np.asarray(store.array))
         tf = {}
         for t, exs in target_ex.items():
             st = extract_features(model, exs, FeatureStore(str(out_dir / f"{ck.name}.target.{t}.npy"), len(exs), dim),
-                                  proj, progress=progress)
+                                  proj, progress=progress, dtype=dtype)
             tf[t] = np.asarray(st.array)
         target_feats.append(tf)
         lrs.append(checkpoint_lr(ck))
@@ -333,6 +337,8 @@ class LessOptions:
     dim: int = opt(8192, help="projection dimension")
     max_length: int = opt(512, help="truncate examples to this many tokens")
     checkpointing: bool = opt(False, help="gradient checkpointing, for chains longer than memory allows")
+    dtype: str = opt("auto", help="compute dtype of the warmup and the gradients: bfloat16 (autocast), float32, or "
+                                  "auto (bfloat16 where the hardware multiplies it)")
 
 
 class LessSelector:
@@ -365,11 +371,12 @@ class LessSelector:
         warm_summary = run_training(TrainConfig(
             data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=o.model,
             lora=LoraOptions(r=o.lora_r, alpha=2 * o.lora_r), epochs=o.warmup_epochs, batch_size=8,
-            save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=ctx.seed, max_length=o.max_length),
-            progress=False)
+            save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=ctx.seed, max_length=o.max_length,
+            dtype=o.dtype), progress=False)
         targets = {Path(t).stem: read_records(t, SFTExample) for t in o.targets}
         scores, cost = gradient_scores(o.model, pool, targets, work / "warmup", o.dim, ctx.seed, o.max_length,
-                                       work / "features", checkpointing=o.checkpointing)
+                                       work / "features", checkpointing=o.checkpointing,
+                                       dtype=warm_summary["dtype"])
         top = top_indices(scores, n=o.n or None, fraction=None if o.n else o.fraction)
         chosen = set(top)
         write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s)
@@ -397,5 +404,6 @@ def check(c: LessOptions, key: str = "", skip=(), files: bool = False) -> None:
     unit_interval(k("warmup_fraction"), c.warmup_fraction)
     for name in ("warmup_epochs", "lora_r", "dim", "max_length"):
         at_least(k(name), getattr(c, name), 1)
+    one_of(k("dtype"), c.dtype, ("auto", "float32", "bfloat16"), "dtype")
     if "model" not in skip:
         check_model(k("model"), c.model)

@@ -77,7 +77,7 @@ class SelectConfig:
     method: str = opt("pipeline", help="pipeline, or gradient: the older spelling of a final 'less' selector")
     less: LessOptions = field(default_factory=LessOptions,
                               metadata={"help": "the 'less' selector: targets, n, fraction, model, warmup_fraction, "
-                                                "warmup_epochs, lora_r, dim, max_length, checkpointing"})
+                                                "warmup_epochs, lora_r, dim, max_length, checkpointing, dtype"})
     # The flags of the older flat spelling (``--method gradient --targets t.jsonl --n 100``) keep
     # working: each sets its field of the less section.
     FLAGS = {name: f"less.{name}" for name in ("targets", "n", "fraction", "model", "warmup_fraction",

@@ -1,0 +1,51 @@
+"""Which dtype a model runs in when the config says ``auto``: bf16 where the hardware multiplies it.
+
+Why a default that depends on the machine: measured in ``benchmarks/RESULTS.md`` (decision table),
+bf16 is 1.8-2.5x faster than fp32 for sampling and evaluation on a CPU with AVX512-BF16/AMX, and
+greedy results agree within their confidence intervals; on a CPU without those instructions bf16
+is emulated and several times *slower*. So ``auto`` picks bf16 only where it pays: a CUDA device
+with bf16 support, or an x86 CPU that reports ``avx512_bf16`` or ``amx_bf16`` (an ARM CPU with
+``bf16``); fp32 everywhere else. The resolved dtype, never ``auto``, is what protocols and resume
+identities record, so results made in fp32 and in bf16 are never compared or resumed as equal.
+
+Read from ``/proc/cpuinfo`` (no torch import: configs are checked before torch loads).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+"""What a ``dtype`` setting may say."""
+
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+@lru_cache(maxsize=4)
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Does the CPU report bf16 dot-product instructions (x86 ``flags``, ARM ``Features``)?"""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return bool(_CPU_BF16_FLAGS & set(value.split()))
+    except OSError:
+        pass
+    return False
+
+
+def bf16_native(device: str = "cpu") -> bool:
+    """Does ``device`` multiply bf16 in hardware?"""
+    if device.startswith("cuda"):
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return device == "cpu" and cpu_has_bf16()
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """``auto`` -> ``bfloat16`` where :func:`bf16_native`, else ``float32``; any other value as given."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if bf16_native(device) else "float32"

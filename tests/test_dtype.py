@@ -1,0 +1,114 @@
+"""dtype ``auto``: bf16 only where the hardware multiplies it, and always recorded as what ran."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from assay.core import hardware
+from assay.core.config import ConfigError, from_mapping
+from assay.core.hardware import cpu_has_bf16, resolve_dtype
+from assay.sampling.backends import HFOptions, resolve_options
+from assay.train import TrainConfig, check, train_identity
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n", False),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd\n", False),
+])
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, text, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(text)
+    assert cpu_has_bf16(str(info)) is expected
+
+
+def test_no_cpuinfo_means_no_bf16(tmp_path):
+    assert cpu_has_bf16(str(tmp_path / "missing")) is False
+
+
+def test_auto_resolves_by_hardware_and_explicit_dtypes_pass_through(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert resolve_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert resolve_dtype("auto") == "float32"
+    assert resolve_dtype("bfloat16") == "bfloat16" and resolve_dtype("float32", "cuda") == "float32"
+
+
+def test_hf_options_record_the_resolved_dtype_never_auto(monkeypatch):
+    for has, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: has)
+        assert HFOptions().dtype == "auto"
+        assert resolve_options("hf").dtype == want
+        assert resolve_options("hf", HFOptions()).dtype == want
+        assert resolve_options("hf", {"dtype": "float32"}).dtype == "float32"
+
+
+def test_train_dtype_replaces_bf16_and_the_old_name_still_works():
+    assert from_mapping(TrainConfig, {"bf16": True}).dtype == "bfloat16"
+    assert from_mapping(TrainConfig, {"bf16": "false"}).dtype == "float32"
+    with pytest.raises(ConfigError, match="old name of 'dtype'"):
+        from_mapping(TrainConfig, {"bf16": True, "dtype": "float32"})
+    with pytest.raises(ConfigError, match="dtype"):
+        check(TrainConfig(dtype="fp8"))
+
+
+def test_train_identity_holds_the_dtype_that_ran(monkeypatch, tmp_path, tiny_model_dir):
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    cfg = dict(data=str(tmp_path / "x.jsonl"), model=str(tiny_model_dir))
+    auto = train_identity(TrainConfig(**cfg))
+    assert auto["dtype"] == "bfloat16"
+    assert auto == train_identity(TrainConfig(**cfg, dtype="bfloat16"))
+    assert train_identity(TrainConfig(**cfg, dtype="float32"))["dtype"] == "float32"
+
+
+def test_engine_passes_the_cache_under_its_current_name(tiny_model_dir, caplog):
+    """transformers deprecates ``past_key_values`` (removed in 5.40): the engine uses ``cache`` where it exists."""
+    import inspect
+
+    from assay import models
+    from assay.sampling.engine import ContinuousBatcher, GroupRequest, cache_kwarg
+
+    model, tok = models.load(str(tiny_model_dir), dtype="float32")
+    has_new = "cache" in inspect.signature(model.forward).parameters
+    assert cache_kwarg(model) == ("cache" if has_new else "past_key_values")
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None):
+            pass
+
+    assert cache_kwarg(Old()) == "past_key_values"
+    eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=4, max_new_tokens=6)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        outs = list(eng.run([GroupRequest("a", [1, 2, 3], [(0, 0), (1, 1)])]))
+    assert len(outs) == 2 and all(o.completion_tokens >= 1 for o in outs)
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "past_key_values" in m], said
+
+
+def test_less_gradient_under_bf16_autocast_stays_fp32_and_close_to_fp32(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from assay import models
+    from assay.select.less import lora_gradient
+
+    model, _ = models.load(str(tiny_model_dir), dtype="float32")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():  # a trained-looking adapter: B = 0 would leave A without gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    ids = torch.arange(3, 19)
+    labels = ids.clone()
+    labels[:8] = -100
+    g32 = lora_gradient(model, ids, labels, dtype="float32")
+    g16 = lora_gradient(model, ids, labels, dtype="bfloat16")
+    assert g16.dtype == torch.float32 and g16.shape == g32.shape
+    assert not torch.equal(g16, g32)  # autocast really ran in bf16
+    cos = float(torch.nn.functional.cosine_similarity(g16, g32, dim=0))
+    assert cos > 0.98, cos
