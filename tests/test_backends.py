@@ -126,7 +126,7 @@ def test_eval_through_a_served_model_matches_the_local_backend_under_another_pro
     verdicts = [[(v.problem_id, v.extracted, v.correct) for v in read_records(tmp_path / d / "greedy.verdicts.jsonl",
                                                                                Verdict)] for d in ("hf", "api")]
     assert sorted(verdicts[0]) == sorted(verdicts[1])
-    assert hf["protocol"]["backend"] == "hf" and hf["protocol"]["backend_options"] == {"dtype": resolve_dtype("auto")}
+    assert hf["protocol"]["backend"] == "hf" and hf["protocol"]["backend_options"]["dtype"] == resolve_dtype("auto")
     assert api["protocol"]["backend"] == "openai" and api["protocol"]["backend_options"] == {"chat": True}
     assert hf["protocol"]["protocol_id"] != api["protocol"]["protocol_id"]
     with pytest.raises(InputError, match="different protocols.*backend"):

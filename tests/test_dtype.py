@@ -112,3 +112,36 @@ def test_less_gradient_under_bf16_autocast_stays_fp32_and_close_to_fp32(tiny_mod
     assert not torch.equal(g16, g32)  # autocast really ran in bf16
     cos = float(torch.nn.functional.cosine_similarity(g16, g32, dim=0))
     assert cos > 0.98, cos
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_trainer_gets_exactly_the_configured_precision_and_checkpointing(tmp_path, checkpointing, dtype):
+    """TRL's SFTConfig turns gradient checkpointing and bf16 on by default; the FLOPs count and the
+    identity describe the config, so the trainer must run exactly that."""
+    from assay.train import sft_args
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated alias is set
+        args = sft_args(TrainConfig(gradient_checkpointing=checkpointing), tmp_path, dtype, progress=False)
+    assert bool(args.gradient_checkpointing) is checkpointing
+    assert getattr(args, "activation_checkpointing", checkpointing) is checkpointing
+    assert args.bf16 is (dtype == "bfloat16") and not args.fp16
+
+
+def test_eval_protocol_holds_the_batch_shape_only_where_it_changes_greedy_outputs(tmp_path):
+    from assay.core.records import Problem
+    from assay.eval.stage import EvalConfig, protocol
+
+    probs = [Problem(id="p1", question="1+1?", answer="2", source="t")]
+
+    def pid(**kw):
+        return protocol(EvalConfig(model="m", benchmark=str(tmp_path / "b.jsonl"), out=str(tmp_path / "e"), **kw),
+                        probs)
+
+    bf = pid(dtype="bfloat16", max_batch=64)
+    assert bf["backend_options"] == {"dtype": "bfloat16", "max_batch": 64, "refill_fraction": 0.125}
+    assert bf["protocol_id"] != pid(dtype="bfloat16", max_batch=128)["protocol_id"]
+    fp = pid(dtype="float32", max_batch=64)
+    assert fp["backend_options"] == {"dtype": "float32"}
+    assert fp["protocol_id"] == pid(dtype="float32", max_batch=128)["protocol_id"] != bf["protocol_id"]

@@ -36,11 +36,13 @@ from assay.eval.metrics import compute_stats
 from assay.eval.stats import paired_comparison, wilson
 from assay.models import DEFAULT_MODEL, check_model
 from assay.sampling import SampleConfig, run_sampling
-from assay.sampling.backends import check_backend, make_generator, options_of, protocol_options
+from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
 from assay.verify import stage as verify
 from assay.verify.extract import DEFAULT_EXTRACTORS
 
-PROTOCOL_VERSION = 2  # 2: the backend and its output-changing options (dtype for hf) replace 'dtype'
+# 2: the backend and its output-changing options (dtype for hf) replace 'dtype'
+# 3: dtype 'auto' recorded as resolved; in bf16/fp16 the batch shape (max_batch, refill_fraction) too
+PROTOCOL_VERSION = 3
 
 
 @dataclass
@@ -87,7 +89,7 @@ def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
         "max_new_tokens": cfg.max_new_tokens, "greedy": cfg.greedy, "n": cfg.n,
         "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed} if cfg.n else None,
         # What answers: a local model and a server of the same weights are two protocols until shown equal.
-        "backend": cfg.backend, "backend_options": protocol_options(eval_options(cfg)),
+        "backend": cfg.backend, "backend_options": greedy_protocol(eval_options(cfg)),
         "verifier": "auto", "extractors": list(DEFAULT_EXTRACTORS),
     }
     p["protocol_id"] = hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]

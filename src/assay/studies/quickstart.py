@@ -52,7 +52,7 @@ class QuickstartConfig:
     k: int = opt(4, help="samples per training problem")
     template: str = opt("plain-v1", help="prompt template for sampling, training and evaluation")
     run_dir: str = opt("runs/quickstart", help="where every artifact, the manifest and the report go")
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.7, max_new_tokens=64, max_batch=64),
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.7, max_new_tokens=64, max_batch=128),
                                  metadata={"help": "sampling settings (problems/out/model/n/seed/template are set by the pipeline)"})
     select: SelectConfig = field(default_factory=lambda: SelectConfig(selectors=["correct", "finished", "dedup", "max_per_problem:4"]),
                                  metadata={"help": "selection (inputs/out/seed are set by the pipeline)"})
