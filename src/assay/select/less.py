@@ -41,7 +41,7 @@ from assay.data.prompts import render_ids
 from assay.models import check_model, load, resolve, stats_for
 from assay.select.filters import Context, Rejection
 from assay.select.selectors import SELECTORS, to_example
-from assay.train import LoraOptions, TrainConfig, run_training, step_flops
+from assay.train import LoraOptions, TrainConfig, run_training, step_flops, train_dtype
 
 
 class BlockProjector:
@@ -206,7 +206,11 @@ def enable_checkpointing(model) -> None:
     Activation memory then grows with one layer's activations instead of all layers'; the cost is
     one more forward pass per example (see benchmarks/RESULTS.md for the measured limits).
     """
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers renamed it (the old name is a deprecated alias, removed in v6).
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # transformers only checkpoints in training mode; the models here have no dropout, so train
     # mode changes nothing else (a LoRA dropout > 0 would make features random: keep it at 0).
     model.train()
@@ -368,15 +372,16 @@ class LessSelector:
         warm = random.Random(ctx.seed).sample(pool, max(1, math.ceil(o.warmup_fraction * len(pool))))
         write_records(work / "warmup.jsonl", warm)
         per_epoch = max(1, math.ceil(len(warm) / 8))
-        warm_summary = run_training(TrainConfig(
+        warm_cfg = TrainConfig(
             data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=o.model,
             lora=LoraOptions(r=o.lora_r, alpha=2 * o.lora_r), epochs=o.warmup_epochs, batch_size=8,
             save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=ctx.seed, max_length=o.max_length,
-            dtype=o.dtype), progress=False)
+            dtype=o.dtype)
+        warm_summary = run_training(warm_cfg, progress=False)
         targets = {Path(t).stem: read_records(t, SFTExample) for t in o.targets}
         scores, cost = gradient_scores(o.model, pool, targets, work / "warmup", o.dim, ctx.seed, o.max_length,
                                        work / "features", checkpointing=o.checkpointing,
-                                       dtype=warm_summary["dtype"])
+                                       dtype=train_dtype(warm_cfg))
         top = top_indices(scores, n=o.n or None, fraction=None if o.n else o.fraction)
         chosen = set(top)
         write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s)
