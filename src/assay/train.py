@@ -27,6 +27,7 @@ since the forward runs over all of them even though only the completion carries 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,11 +177,16 @@ def _make_callback(meter: _Meter, log_path: Path, t0: float):
         """Appends one JSON line per logging step and saves the meter with every checkpoint."""
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if not state.is_world_process_zero or not logs or "loss" not in logs:
+            if not logs or "loss" not in logs:
+                return
+            # Every rank logs at the same steps (the loss is gathered), so the counts of all ranks
+            # are summed here, collectively, before rank 0 writes: one log of the whole job.
+            tokens, loss_tokens, flops = _all_reduce_sum([meter.tokens, meter.loss_tokens, meter.flops])
+            if not state.is_world_process_zero:
                 return
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
                    "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-                   "tokens": meter.tokens, "loss_tokens": meter.loss_tokens, "flops": meter.flops,
+                   "tokens": int(tokens), "loss_tokens": int(loss_tokens), "flops": flops,
                    "elapsed_s": round(time.perf_counter() - t0, 3)}
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -386,6 +392,8 @@ def _save_model(trainer, tok, cfg: TrainConfig, out: Path) -> None:
 
 def cli_run(cfg: TrainConfig) -> int:
     s = run_training(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under `accelerate launch`, one process reports
     rate = f", {s['tokens_per_s']} tok/s" if s.get("tokens_per_s") else ""
     print(f"[assay] train ({s['method']}): {s['examples']} examples, {s['steps']} steps, {s['tokens']} tokens, "
           f"{s['flops']:.3g} FLOPs, loss {s['train_loss']:.4f}{rate} -> {cfg.out}")
