@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from assay.core.hardware import resolve_dtype
 from assay.core.io import InputError, read_records, write_records
 from assay.core.records import Problem, Sample, Verdict
 from assay.sampling.backends import BACKENDS, HFOptions, OpenAIOptions, make_generator, resolve_options
@@ -26,7 +25,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "assay"
 def server(tiny_model_dir):
     from assay.sampling.serve import ServeConfig, make_server
 
-    srv = make_server(ServeConfig(model=str(tiny_model_dir), name="tiny", port=0, max_batch=8))
+    # fp32 on both sides: in bf16 the server's batches (8) and eval's (64) round differently.
+    srv = make_server(ServeConfig(model=str(tiny_model_dir), name="tiny", port=0, max_batch=8, dtype="float32"))
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
@@ -116,7 +116,7 @@ def test_eval_through_a_served_model_matches_the_local_backend_under_another_pro
     # The tiny random model's greedy text has no answer in it, so both score 0: the test is that
     # every text and verdict is the same, whichever backend produced it.
     bench = _bench(tmp_path / "bench.jsonl")
-    hf = _eval(tmp_path / "hf", bench, "--model", str(tiny_model_dir), "--backend", "hf")
+    hf = _eval(tmp_path / "hf", bench, "--model", str(tiny_model_dir), "--backend", "hf", "--dtype", "float32")
     api = _eval(tmp_path / "api", bench, "--model", "tiny", "--backend", "openai", "--base-url", server,
                 "--max-batch", "4")
     assert api["metrics"]["greedy_pass@1"] == hf["metrics"]["greedy_pass@1"]
@@ -126,7 +126,7 @@ def test_eval_through_a_served_model_matches_the_local_backend_under_another_pro
     verdicts = [[(v.problem_id, v.extracted, v.correct) for v in read_records(tmp_path / d / "greedy.verdicts.jsonl",
                                                                                Verdict)] for d in ("hf", "api")]
     assert sorted(verdicts[0]) == sorted(verdicts[1])
-    assert hf["protocol"]["backend"] == "hf" and hf["protocol"]["backend_options"]["dtype"] == resolve_dtype("auto")
+    assert hf["protocol"]["backend"] == "hf" and hf["protocol"]["backend_options"] == {"dtype": "float32"}
     assert api["protocol"]["backend"] == "openai" and api["protocol"]["backend_options"] == {"chat": True}
     assert hf["protocol"]["protocol_id"] != api["protocol"]["protocol_id"]
     with pytest.raises(InputError, match="different protocols.*backend"):

@@ -82,10 +82,21 @@ def test_engine_passes_the_cache_under_its_current_name(tiny_model_dir, caplog):
 
     assert cache_kwarg(Old()) == "past_key_values"
     eng = ContinuousBatcher(model, tok, models.stats_from_config(model.config), max_batch=4, max_new_tokens=6)
+    seen: list[set] = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):  # what the engine hands the model, step by step
+        seen.append(set(kwargs))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
         outs = list(eng.run([GroupRequest("a", [1, 2, 3], [(0, 0), (1, 1)])]))
     assert len(outs) == 2 and all(o.completion_tokens >= 1 for o in outs)
+    decode_steps = [k for k in seen if "cache" in k or "past_key_values" in k]
+    assert decode_steps and all(("cache" in k) == has_new and ("past_key_values" in k) != has_new
+                                for k in decode_steps)
     said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     assert not [m for m in said if "past_key_values" in m], said
 
@@ -145,3 +156,30 @@ def test_eval_protocol_holds_the_batch_shape_only_where_it_changes_greedy_output
     fp = pid(dtype="float32", max_batch=64)
     assert fp["backend_options"] == {"dtype": "float32"}
     assert fp["protocol_id"] == pid(dtype="float32", max_batch=128)["protocol_id"] != bf["protocol_id"]
+
+
+def test_a_run_records_auto_as_the_dtype_it_resolves_to(monkeypatch):
+    """A run directory moved to other hardware redoes stages instead of mixing fp32 and bf16."""
+    from assay.core.runs import concrete_dtypes
+
+    cfg = {"dtype": "auto", "sample": {"dtype": "auto", "device": "cpu"}, "train": {"dtype": "float32"},
+           "list": [{"dtype": "auto"}]}
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    on = concrete_dtypes(cfg)
+    assert on == {"dtype": "bfloat16", "sample": {"dtype": "bfloat16", "device": "cpu"},
+                  "train": {"dtype": "float32"}, "list": [{"dtype": "bfloat16"}]}
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert concrete_dtypes(cfg)["sample"]["dtype"] == "float32" and cfg["dtype"] == "auto"
+
+
+def test_env_mixed_precision_never_overrides_the_configured_dtype(tmp_path, monkeypatch):
+    from assay.train import sft_args
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # `accelerate launch --mixed_precision bf16`
+    assert sft_args(TrainConfig(), tmp_path, "float32", progress=False).mixed_precision == "no"
+    assert sft_args(TrainConfig(), tmp_path, "bfloat16", progress=False).mixed_precision == "bf16"
+
+
+def test_old_bf16_switch_takes_only_true_or_false():
+    with pytest.raises(ConfigError, match="expected true/false"):
+        from_mapping(TrainConfig, {"bf16": "maybe"})

@@ -61,7 +61,10 @@ def _legacy(data: dict, where: str) -> dict:
         if "dtype" in data:
             raise ConfigError(where, "bf16", "'bf16' is the old name of 'dtype'; give only one of them")
         value = data.pop("bf16")
-        on = value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes", "on")
+        text = str(value).lower()
+        if not isinstance(value, bool) and text not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            raise ConfigError(where, "bf16", f"expected true/false, got {value!r} (better: dtype: bfloat16 or float32)")
+        on = value if isinstance(value, bool) else text in ("true", "1", "yes", "on")
         data["dtype"] = "bfloat16" if on else "float32"
     return data
 
@@ -220,7 +223,9 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
 
     if not (dist.is_available() and dist.is_initialized()):
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    # NCCL (accelerate's backend on GPUs) reduces CUDA tensors only; gloo reduces CPU tensors.
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -253,7 +258,7 @@ def sft_args(cfg: TrainConfig, ckpt_dir: Path, dtype: str, progress: bool):
     # transformers renamed gradient_checkpointing (a deprecated alias that warns when set).
     names = {f.name for f in dataclasses.fields(SFTConfig)}
     ckpt_key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return SFTConfig(
+    args = SFTConfig(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup,
@@ -264,12 +269,20 @@ def sft_args(cfg: TrainConfig, ckpt_dir: Path, dtype: str, progress: bool):
         max_length=cfg.max_length, completion_only_loss=True, packing=False,
         disable_tqdm=not (progress and interactive()), dataset_num_proc=None, use_cpu=not torch.cuda.is_available(),
     )
+    # transformers takes `accelerate launch --mixed_precision` (ACCELERATE_MIXED_PRECISION) unless
+    # fp16/bf16 is on, so an fp32 run could silently train in bf16: the config decides, always.
+    args.mixed_precision = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
+    return args
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def train_dtype(cfg: TrainConfig) -> str:
-    import torch
-
-    return resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_dtype(cfg.dtype, "cuda" if _cuda() else "cpu")
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -296,6 +309,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
                        f"choose another --out or delete {ckpt_dir} to train afresh")
     if cfg.method not in METHODS:
         raise InputError(f"train.method '{cfg.method}' is not one of {', '.join(METHODS)}{did_you_mean(cfg.method, METHODS)}")
+    if ident["dtype"] == "float16" and not _cuda():
+        raise InputError("train.dtype 'float16': fp16 autocast runs on GPUs only; on a CPU use bfloat16 or float32")
     rows = read_records(cfg.data, SFTExample)
     if not rows:
         raise InputError(f"{cfg.data}: no training examples (if it came from `assay select`, "

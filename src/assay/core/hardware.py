@@ -9,7 +9,8 @@ device with bf16 support, or a CPU that reports ``avx512_bf16`` or ``amx_bf16`` 
 (ARM); fp32 everywhere else. The resolved dtype, never ``auto``, is what protocols and resume
 identities record, so results made in fp32 and in bf16 are never compared or resumed as equal.
 
-Read from ``/proc/cpuinfo`` (no torch import: configs are checked before torch loads).
+CPU flags are read from ``/proc/cpuinfo``, so checking a CPU config imports no torch; only a
+``cuda`` device asks torch.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ def bf16_native(device: str = "cpu") -> bool:
     if device.startswith("cuda"):
         import torch
 
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if not torch.cuda.is_available():
+            return False
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        # Compute capability 8.0 (Ampere) and up multiplies bf16; older cards only emulate it,
+        # which torch.cuda.is_bf16_supported() counts as support by default.
+        return torch.cuda.get_device_capability(index)[0] >= 8
     return device == "cpu" and cpu_has_bf16()
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from assay.core.config import to_mapping
+from assay.core.hardware import resolve_dtype
 from assay.core.hashing import config_hash, hash_path
 from assay.core.io import InputError, write_json
 from assay.core.redact import redact_argv, redact_config
@@ -95,6 +96,20 @@ def _unique(paths: Iterable[Any]) -> list:
     return out
 
 
+def concrete_dtypes(config: Any) -> Any:
+    """``dtype: auto`` replaced by the dtype it resolves to on this machine (for that section's
+    ``device``), everywhere in a stage config: a run directory moved to other hardware must not
+    skip a stage made in bf16 and run the next one in fp32 under the same recorded config."""
+    if isinstance(config, dict):
+        out = {k: concrete_dtypes(v) for k, v in config.items()}
+        if out.get("dtype") == "auto":
+            out["dtype"] = resolve_dtype("auto", str(config.get("device") or "cpu"))
+        return out
+    if isinstance(config, list):
+        return [concrete_dtypes(v) for v in config]
+    return config
+
+
 class Run:
     """A run directory and its manifest."""
 
@@ -116,6 +131,7 @@ class Run:
         return str(self.dir / name)
 
     def is_done(self, name: str, config: Any, inputs: Iterable[str | Path]) -> bool:
+        """``config`` as :meth:`stage` records it (a mapping, ``dtype: auto`` made concrete)."""
         st = self.manifest["stages"].get(name)
         if not st or st.get("status") != "done" or st.get("config_hash") != config_hash(config):
             return False
@@ -143,6 +159,7 @@ class Run:
             config = to_mapping(config)
         if extra:
             config = {**config, **extra}
+        config = concrete_dtypes(config)
         inputs, outputs = [Path(p) for p in _unique(inputs)], [Path(p) for p in _unique(outputs)]
         models = _unique(models)
         if self.is_done(name, config, inputs):

@@ -100,12 +100,18 @@ def backend_options(cfg: SampleConfig):
     return options_of(cfg, defaults={"cache": str(cfg.out) + ".api_cache.jsonl"})
 
 
+def _remote_dtype(dtype: str) -> str:
+    """A server's precision is not ours to know; files sampled through one before ``auto`` existed
+    recorded the default then, float32, and keep resuming."""
+    return "float32" if dtype == "auto" else dtype
+
+
 def _identity(cfg: SampleConfig, decoding: Decoding, hashes: FileHashes) -> dict:
     tpl = TEMPLATES.get(cfg.template)
     opts = backend_options(cfg)
     ident = {"model": model_identity(cfg.model, hashes), "backend": cfg.backend, "decoding": decoding.as_dict(),
              "template": {"id": tpl.id, "text": short_hash([tpl.system, tpl.user])}, "seed": cfg.seed,
-             "dtype": getattr(opts, "dtype", cfg.dtype), "device": getattr(opts, "device", cfg.device)}
+             "dtype": getattr(opts, "dtype", _remote_dtype(cfg.dtype)), "device": getattr(opts, "device", cfg.device)}
     # Other output-changing options only when off their default, so files sampled before they
     # could be set (all with the default) still resume.
     defaults = protocol_options(type(opts)())

@@ -34,6 +34,7 @@ import numpy as np
 
 from assay.core.checks import at_least, fail, keyed, one_of, unit_interval
 from assay.core.config import opt
+from assay.core.hardware import resolve_dtype
 from assay.core.io import InputError, read_records, write_json, write_records
 from assay.core.progress import bar as progress_bar
 from assay.core.records import SFTExample
@@ -41,7 +42,7 @@ from assay.data.prompts import render_ids
 from assay.models import check_model, load, resolve, stats_for
 from assay.select.filters import Context, Rejection
 from assay.select.selectors import SELECTORS, to_example
-from assay.train import LoraOptions, TrainConfig, run_training, step_flops, train_dtype
+from assay.train import LoraOptions, TrainConfig, run_training, step_flops
 
 
 class BlockProjector:
@@ -226,6 +227,7 @@ def lora_gradient(model, input_ids, labels, params: Optional[Iterable] = None, d
     params = [p for p in (params or model.parameters()) if p.requires_grad]
     model.zero_grad(set_to_none=True)
     device = next(model.parameters()).device.type
+    dtype = resolve_dtype(dtype, device)
     with torch.autocast(device, dtype=getattr(torch, dtype), enabled=dtype in ("bfloat16", "float16")):
         out = model(input_ids=torch.as_tensor(input_ids).reshape(1, -1), labels=torch.as_tensor(labels).reshape(1, -1))
         grads = torch.autograd.grad(out.loss, params, allow_unused=True)
@@ -381,7 +383,7 @@ class LessSelector:
         targets = {Path(t).stem: read_records(t, SFTExample) for t in o.targets}
         scores, cost = gradient_scores(o.model, pool, targets, work / "warmup", o.dim, ctx.seed, o.max_length,
                                        work / "features", checkpointing=o.checkpointing,
-                                       dtype=train_dtype(warm_cfg))
+                                       dtype=resolve_dtype(o.dtype, "cpu"))  # features are taken on the CPU
         top = top_indices(scores, n=o.n or None, fraction=None if o.n else o.fraction)
         chosen = set(top)
         write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s)
