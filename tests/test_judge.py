@@ -95,3 +95,23 @@ def test_llm_judge_on_tiny_model_end_to_end(tiny_model_dir, tmp_path):
                                   "Step 2 is wrong, so this isn't correct. VERDICT: not valid"])
 def test_negated_verdicts_are_invalid(text):
     assert parse_verdict(text) is False
+
+
+def test_judge_cache_is_keyed_by_the_backend_precision(tmp_path):
+    from assay.sampling.base import Generated
+
+    """A verdict judged in fp32 is not served from the cache to a bf16 judge."""
+    calls = []
+
+    class Counting:
+        def generate(self, groups, decoding):
+            for g in groups:
+                calls.append(g.problem_id)
+                yield Generated(g.problem_id, 0, 0, "VERDICT: VALID", 1, 1, 0.0, "stop")
+
+    items = _items(2)
+    LLMJudge(Counting(), "m", cache=tmp_path / "c.jsonl", protocol={"dtype": "float32"}).judge(items)
+    LLMJudge(Counting(), "m", cache=tmp_path / "c.jsonl", protocol={"dtype": "float32"}).judge(items)
+    assert len(calls) == 2  # the second fp32 judge is served from the cache
+    LLMJudge(Counting(), "m", cache=tmp_path / "c.jsonl", protocol={"dtype": "bfloat16"}).judge(items)
+    assert len(calls) == 4

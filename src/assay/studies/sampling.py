@@ -46,7 +46,7 @@ from assay.data.text import normalize_text
 from assay.eval.stage import EvalConfig, run_eval
 from assay.models import check_model, stats_for
 from assay.sampling import SampleConfig
-from assay.sampling.backends import make_generator
+from assay.sampling.backends import greedy_protocol, make_generator, resolve_options
 from assay.sampling.budget import run_budgeted
 from assay.sampling.plan import Arm, mean_prompt_tokens, samples_for_budget
 from assay.select.stage import SelectConfig, check_selectors, run_select
@@ -204,8 +204,10 @@ def run(cfg: StudySamplingConfig) -> dict:
             export_audit(items, d / f"{tag}.audit.csv")
             res["fpr"] = {"fpr": None, "judged": 0, "note": f"audit sheet {tag}.audit.csv exported ({len(items)} items)"}
         elif cfg.judge:
-            judge_gen = make_generator("hf", cfg.judge, {"max_batch": 16})
-            js = LLMJudge(judge_gen, cfg.judge, cache=str(d / f"{tag}.judge_cache.jsonl")).judge(items)
+            judge_opts = resolve_options("hf", {"max_batch": 16})
+            judge_gen = make_generator("hf", cfg.judge, judge_opts)
+            js = LLMJudge(judge_gen, cfg.judge, cache=str(d / f"{tag}.judge_cache.jsonl"),
+                          protocol=greedy_protocol(judge_opts)).judge(items)
 
             write_records(d / f"{tag}.judgments.jsonl", judgments_to_dicts(js))
             res["fpr"] = false_positive_rate(js)

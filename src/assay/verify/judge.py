@@ -41,7 +41,7 @@ from assay.core.records import Sample, Verdict
 from assay.core.registry import Registry, did_you_mean
 from assay.eval.stats import wilson
 from assay.models import DEFAULT_MODEL, check_model
-from assay.sampling.backends import check_backend, make_generator, options_of
+from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
 from assay.sampling.base import Decoding, PromptGroup
 
 
@@ -138,9 +138,12 @@ class LLMJudge:
     """A judge backed by any ``Generator`` (``assay.sampling.backends``: local HF or an OpenAI-compatible server)."""
 
     def __init__(self, generator, model_name: str, template: str = "judge-v1", max_new_tokens: int = 512,
-                 cache: Optional[str | Path] = None):
+                 cache: Optional[str | Path] = None, protocol: Optional[dict] = None):
 
         self.generator, self.model_name = generator, model_name
+        # The backend's output-changing options (dtype, and the batch shape in bf16) are part of
+        # every cache key: a verdict judged in fp32 is not reused for a bf16 judge.
+        self.protocol = dict(protocol or {})
         self.template = JUDGE_TEMPLATES.get(template)
         self.name = f"llm:{model_name}"
         self.decoding = Decoding(0.0, 1.0, max_new_tokens, ())
@@ -153,7 +156,8 @@ class LLMJudge:
             rows, writer = open_resumable(self.cache_path, _CacheRow, lambda r: r.key)
             cached = {r.key: r.raw for r in rows}
         try:
-            keys = [cache_key(self.name, self.template.id, self.decoding.as_dict(), it) for it in items]
+            decoding = {**self.decoding.as_dict(), **({"backend": self.protocol} if self.protocol else {})}
+            keys = [cache_key(self.name, self.template.id, decoding, it) for it in items]
             todo = {}
             for it, k in zip(items, keys):
                 if k not in cached and k not in todo:
@@ -335,7 +339,8 @@ def run_judge(cfg: JudgeConfig) -> JudgeResult:
             return JudgeResult(str(cfg.out), len(items), exported=export_audit(items, cfg.audit), audit=str(cfg.audit))
         if cfg.backend != "llm":
             raise InputError(f"judge backend '{cfg.backend}'{did_you_mean(cfg.backend, ['llm', 'export', 'import'])}")
-        js = LLMJudge(judge_generator(cfg), cfg.model, cfg.template, cfg.max_new_tokens, cache=str(cfg.out) + ".cache.jsonl").judge(items)
+        js = LLMJudge(judge_generator(cfg), cfg.model, cfg.template, cfg.max_new_tokens, cache=str(cfg.out) + ".cache.jsonl",
+                      protocol=greedy_protocol(judge_options(cfg))).judge(items)
     write_records(cfg.out, judgments_to_dicts(js))
     fpr = false_positive_rate(js)
     write_json(str(cfg.out) + ".fpr.json", {**fpr, "judge": js[0].judge if js else None})
