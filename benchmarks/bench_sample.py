@@ -54,6 +54,11 @@ def questions(count: int, seed: int) -> list[str]:
     return [ds[i]["question"] for i in range(count)]
 
 
+def eos_ids(model, tok) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    return {tok.eos_token_id} | set(ids if isinstance(ids, list) else [ids])
+
+
 def useful_len(row: list[int], eos: set[int], max_new: int) -> int:
     for i, t in enumerate(row[:max_new]):
         if t in eos:
@@ -68,9 +73,7 @@ def useful_flops(stats, prompt_len: int, n: int, length: int) -> float:
 
 def run_generate(model, tok, stats, prompts, n, batch, temperature, max_new, seed):
     """Plain HF generate: batch rows per call, n return sequences per prompt."""
-    eos = {tok.eos_token_id} | set(
-        model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-        else [model.generation_config.eos_token_id])
+    eos = eos_ids(model, tok)
     per_call = max(1, batch // n)
     reps = n if batch >= n else batch
     tok.padding_side = "left"
@@ -201,9 +204,7 @@ def main() -> None:
             print(f"{'':>5} {dtypes[-1]} / {dtypes[0]}: generate {b['generate_tok_s'] / a['generate_tok_s']:.2f}x, "
                   f"assay {b['assay_tok_s'] / a['assay_tok_s']:.2f}x; assay {dtypes[-1]} / generate {dtypes[0]} "
                   f"{b['assay_tok_s'] / a['generate_tok_s']:.2f}x", flush=True)
-    eos = {tok.eos_token_id} | set(loaded[dtypes[0]][0].generation_config.eos_token_id
-                                   if isinstance(loaded[dtypes[0]][0].generation_config.eos_token_id, list)
-                                   else [loaded[dtypes[0]][0].generation_config.eos_token_id])
+    eos = eos_ids(loaded[dtypes[0]][0], tok)
     few = prompts[:8]
     greedy_max = min(64, args.max_new_tokens)
     engine_out = {d: greedy_engine(loaded[d][0], tok, stats, few, greedy_max) for d in dtypes}

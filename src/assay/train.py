@@ -27,17 +27,16 @@ since the forward runs over all of them even though only the completion carries 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from assay.core.checks import at_least, fail, keyed, one_of
-from assay.core.config import ConfigError, opt, save_yaml, to_mapping
+from assay.core.config import ConfigError, opt, parse_bool, save_yaml, to_mapping
 from assay.core.hardware import DTYPES, resolve_dtype
 from assay.core.hashing import sha256_file, short_hash
-from assay.core.identity import FileHashes, check_identity, load_record, world_size
+from assay.core.identity import FileHashes, check_identity, load_record, main_process, world_size
 from assay.core.io import InputError, read_records, write_json
 from assay.core.progress import interactive
 from assay.core.records import SFTExample
@@ -60,12 +59,7 @@ def _legacy(data: dict, where: str) -> dict:
     if "bf16" in data:
         if "dtype" in data:
             raise ConfigError(where, "bf16", "'bf16' is the old name of 'dtype'; give only one of them")
-        value = data.pop("bf16")
-        text = str(value).lower()
-        if not isinstance(value, bool) and text not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            raise ConfigError(where, "bf16", f"expected true/false, got {value!r} (better: dtype: bfloat16 or float32)")
-        on = value if isinstance(value, bool) else text in ("true", "1", "yes", "on")
-        data["dtype"] = "bfloat16" if on else "float32"
+        data["dtype"] = "bfloat16" if parse_bool(data.pop("bf16"), where, "bf16") else "float32"
     return data
 
 
@@ -407,7 +401,7 @@ def _save_model(trainer, tok, cfg: TrainConfig, out: Path) -> None:
 
 def cli_run(cfg: TrainConfig) -> int:
     s = run_training(cfg)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not main_process():
         return 0  # under `accelerate launch`, one process reports
     rate = f", {s['tokens_per_s']} tok/s" if s.get("tokens_per_s") else ""
     print(f"[assay] train ({s['method']}): {s['examples']} examples, {s['steps']} steps, {s['tokens']} tokens, "

@@ -46,6 +46,15 @@ def opt(default: Any = MISSING, help: str = "", **kw: Any) -> Any:
     return field(default=default, metadata={"help": help}, **kw)
 
 
+def parse_bool(value: Any, where: str, key: str) -> bool:
+    """A config boolean: true/false, or one of the usual spellings of them in a string."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise ConfigError(where, key, f"expected true/false, got {value!r}")
+
+
 def _coerce(value: Any, annotation: Any, where: str, key: str = "") -> Any:
     def bad(detail: str) -> ConfigError:
         return ConfigError(where, key, detail)
@@ -62,11 +71,7 @@ def _coerce(value: Any, annotation: Any, where: str, key: str = "") -> Any:
             raise bad(f"expected a mapping, got {value!r}")
         return from_mapping(annotation, value, where, _key=key)
     if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise bad(f"expected true/false, got {value!r}")
+        return parse_bool(value, where, key)
     if annotation is int:
         if isinstance(value, bool):
             raise bad(f"expected an integer, got {value!r}")

@@ -91,3 +91,11 @@ def world_size() -> int:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return 1
+
+
+def main_process() -> bool:
+    """Is this process rank 0 of its job (or the only one)? Set by torchrun / accelerate launch."""
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
