@@ -34,6 +34,7 @@ from assay.core.hardware import DTYPES, resolve_dtype
 from assay.core.registry import Registry, did_you_mean
 from assay.sampling.base import Generator
 from assay.sampling.openai_api import OpenAIGenerator
+from assay.sampling.vllm_backend import VLLMOptions
 
 
 @dataclass
@@ -119,6 +120,12 @@ def _build_openai(model: str, o: OpenAIOptions) -> Generator:
     return OpenAIGenerator(model, **dataclasses.asdict(o))
 
 
+def _build_vllm(model: str, o: VLLMOptions) -> Generator:
+    from assay.sampling.vllm_backend import VLLMGenerator
+
+    return VLLMGenerator(model, o)
+
+
 @dataclass(frozen=True)
 class Backend:
     """A registered backend: its options dataclass and how to build a Generator from them."""
@@ -128,9 +135,10 @@ class Backend:
 
 
 BACKENDS: Registry[Backend] = Registry("generation backend")
-"""name -> Backend. A plugin adds ``BACKENDS.add("vllm", Backend(VLLMOptions, build))``."""
+"""name -> Backend. A plugin adds ``BACKENDS.add("sglang", Backend(SGLangOptions, build))``."""
 BACKENDS.add("hf", Backend(HFOptions, _build_hf))
 BACKENDS.add("openai", Backend(OpenAIOptions, _build_openai))
+BACKENDS.add("vllm", Backend(VLLMOptions, _build_vllm))
 
 
 def _bad(key: str, detail: str) -> ConfigError:

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from assay.core.io import InputError, open_resumable
@@ -55,7 +55,13 @@ class CachedResponse:
 class OpenAIGenerator:
     def __init__(self, model: str, base_url: str = "", concurrency: int = 8, max_retries: int = 5,
                  backoff_s: float = 0.5, timeout_s: float = 600.0, cache: Optional[str] = None,
-                 n_params: Optional[float] = None, api_key_env: str = "OPENAI_API_KEY", chat: bool = True):
+                 n_params: Optional[float] = None, api_key_env: str = "OPENAI_API_KEY", chat: bool = True,
+                 *, api_key: Optional[str] = None, render: Optional[Callable[[PromptGroup], list[int]]] = None,
+                 flops: Optional[Callable[[int, int, int], float]] = None):
+        """``api_key``, ``render`` and ``flops`` are for backends built on this client (the managed vLLM
+        server): a key held in memory instead of an environment variable, prompts sent as token ids
+        rendered by the caller (completions API), and FLOPs counted from (prompt tokens, completion
+        tokens, samples sharing the prompt) by the caller's formula instead of 2 x n_params x tokens."""
         self.model_name = model
         real = (base_url or os.environ.get("OPENAI_BASE_URL", "")).strip()
         if not real:
@@ -70,6 +76,7 @@ class OpenAIGenerator:
         self.concurrency, self.max_retries, self.backoff_s = max(1, concurrency), max_retries, backoff_s
         self.timeout_s, self.n_params, self.chat = timeout_s, n_params, chat
         self._api_key_env = api_key_env
+        self._api_key, self._render, self._flops = api_key, render, flops
         self.cache_path = cache
         self.requests_sent = 0
         self._lock = threading.Lock()
@@ -82,7 +89,7 @@ class OpenAIGenerator:
     def _headers(self) -> tuple[dict, list[str]]:
         """Request headers, and the secret strings that must never appear in a message."""
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self._api_key_env)
+        key = self._api_key or os.environ.get(self._api_key_env)
         secrets = list(self._url_secrets)
         if key:
             if not re.fullmatch(r"[\x21-\x7e]+", key):
@@ -136,6 +143,9 @@ class OpenAIGenerator:
              "max_tokens": decoding.max_new_tokens, "n": 1, "seed": seed}
         if decoding.stop:
             p["stop"] = list(decoding.stop)
+        if self._render is not None:
+            p["prompt"] = self._render(g)
+            return "completions", p
         if g.prompt is not None or not self.chat:
             p["prompt"] = g.prompt if g.prompt is not None else "\n\n".join(m["content"] for m in g.messages)
             return "completions", p
@@ -190,7 +200,10 @@ class OpenAIGenerator:
             raise APIError(f"unexpected response shape from {self.base_url}/{route}: "
                            f"{redact_text(str(resp)[:200])}") from None
         pt, ct = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        flops = 2.0 * self.n_params * (pt / group_size + ct) if self.n_params else 0.0
+        if self._flops is not None:
+            flops = self._flops(pt, ct, group_size)
+        else:
+            flops = 2.0 * self.n_params * (pt / group_size + ct) if self.n_params else 0.0
         reason = choice.get("finish_reason")
         if reason not in ("stop", "length"):
             # Some servers leave it out; a completion that used its whole allowance was cut, not done.
