@@ -324,3 +324,19 @@ def config_from_args(cls: Type[C], args: argparse.Namespace) -> C:
         return from_mapping(cls, data)
     data = deep_merge(data, parse_overrides(items))
     return from_mapping(cls, data)
+
+
+def parse_option_string(text: str, key: str = "backend_options") -> dict:
+    """``"n_params=7e9,concurrency=4"`` (the --backend-options flag) -> a mapping; values read as YAML scalars."""
+    out: dict = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(key, key, f"expected key=value[,key=value...], got {item!r}")
+        try:
+            out[name.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}.{name.strip()}", f"{key}.{name.strip()}", "the value is not valid YAML; quote it to pass a plain string") from None
+    return out

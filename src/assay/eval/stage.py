@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 from assay.core.checks import at_least, fail, keyed, one_of, passes
 from assay.core.config import load_yaml, opt, save_yaml, to_mapping
+from assay.core.executor import executor_options
 from assay.core.hardware import DTYPES
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Problem, Sample, Verdict
@@ -35,8 +36,9 @@ from assay.data.prompts import TEMPLATES, check_template
 from assay.eval.metrics import compute_stats
 from assay.eval.stats import paired_comparison, wilson
 from assay.models import DEFAULT_MODEL, check_model
-from assay.sampling import SampleConfig, run_sampling
+from assay.sampling import SampleConfig
 from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
+from assay.sampling.sharded import run_sampling_on
 from assay.verify import stage as verify
 from assay.verify.extract import DEFAULT_EXTRACTORS
 
@@ -68,6 +70,8 @@ class EvalConfig:
                                          "e.g. n_params=7e9")
     data_dir: Optional[str] = opt(None, help="folder of the shared benchmark files (default $ASSAY_DATA or ../shared/data)")
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
+    executor: str = opt("local", help="where the sampling shards run: local or ray (see `assay sample --help`)")
+    executor_options: dict = opt({}, help="ray: address, workers, num_cpus, num_gpus, max_retries")
 
 
 def problems_hash(problems: list[Problem]) -> str:
@@ -102,8 +106,9 @@ def _sample_and_verify(cfg: EvalConfig, d: Path, tag: str, n: int, temperature: 
                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, template=cfg.template,
                         max_batch=cfg.max_batch, dtype=cfg.dtype, device=cfg.device,
                         trust_remote_code=cfg.trust_remote_code, backend=cfg.backend, base_url=cfg.base_url,
-                        backend_options=dict(cfg.backend_options))
-    summary = run_sampling(scfg, generator=generator)
+                        backend_options=dict(cfg.backend_options), executor=cfg.executor,
+                        executor_options=dict(cfg.executor_options))
+    summary = run_sampling_on(scfg, generator=generator)
     vcfg = verify.VerifyConfig(problems=scfg.problems, samples=scfg.out, out=str(d / f"{tag}.verdicts.jsonl"))
     verify.cli_run(vcfg)
     return read_records(scfg.out, Sample), read_records(vcfg.out, Verdict), summary
@@ -141,7 +146,9 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
     old = d / "eval_config.yaml"
     if old.exists() and any((d / f).exists() for f in ("greedy.samples.jsonl", "sampled.samples.jsonl")):
         prev = load_yaml(old)
-        changed = sorted(k for k, v in to_mapping(cfg).items() if prev.get(k) != v)
+        # Where the shards ran does not change a result.
+        changed = sorted(k for k, v in to_mapping(cfg).items()
+                         if prev.get(k) != v and k not in ("executor", "executor_options"))
         if changed:
             raise InputError(f"{d}: holds an evaluation made with other settings ({', '.join(changed)}); "
                              "choose another --out or delete it")
@@ -158,7 +165,7 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
     if not problems:
         raise InputError(f"{cfg.benchmark}: no problems")
     proto = protocol(cfg, problems)
-    gen = generator or _lazy_generator(cfg)
+    gen = generator or (_lazy_generator(cfg) if cfg.executor == "local" else None)
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {}
     tokens, flops = 0, 0.0
@@ -234,6 +241,7 @@ def check(c: EvalConfig, key: str = "", skip=(), files: bool = False) -> None:
     at_least(k("max_new_tokens"), c.max_new_tokens, 1)
     at_least(k("max_batch"), c.max_batch, 1)
     at_least(k("n"), c.n, 0)
+    executor_options(c.executor, c.executor_options, k("executor_options"))
     if not c.greedy and c.n < 1:
         raise fail(k("greedy"), "nothing to evaluate: greedy=false and n=0")
     if "limit" not in skip and c.limit is not None:

@@ -26,10 +26,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Mapping, Optional
 
-import yaml
-
 from assay.core.checks import one_of
-from assay.core.config import ConfigError, from_mapping
+from assay.core.config import ConfigError, from_mapping, parse_option_string
 from assay.core.hardware import DTYPES, resolve_dtype
 from assay.core.registry import Registry, did_you_mean
 from assay.sampling.base import Generator
@@ -143,22 +141,6 @@ BACKENDS.add("vllm", Backend(VLLMOptions, _build_vllm))
 
 def _bad(key: str, detail: str) -> ConfigError:
     return ConfigError(key, key, detail)
-
-
-def parse_option_string(text: str, key: str = "backend_options") -> dict:
-    """``"n_params=7e9,concurrency=4"`` (the --backend-options flag) -> a mapping; values read as YAML scalars."""
-    out: dict = {}
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        name, eq, value = item.partition("=")
-        if not eq or not name.strip():
-            raise _bad(key, f"expected key=value[,key=value...], got {item!r}")
-        try:
-            out[name.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            raise _bad(f"{key}.{name.strip()}", "the value is not valid YAML; quote it to pass a plain string") from None
-    return out
 
 
 def resolve_options(backend: str, options: Any = None, *, flat: Optional[Mapping] = None,

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Sample
-from assay.sampling.runner import run_sampling, select_problems
+from assay.sampling.runner import select_problems
+from assay.sampling.sharded import run_sampling_on
 
 
 def trim_to_budget(samples: list[Sample], problem_order: list[str], budget: float) -> tuple[list[Sample], list[Sample]]:
@@ -50,7 +51,7 @@ def run_budgeted(cfg, budget: float, generator=None, progress: bool = True, max_
     all_path = str(cfg.out) + ".all.jsonl"
     n = max(1, cfg.n)
     for _ in range(max_rounds):
-        run_sampling(dataclasses.replace(cfg, out=all_path, n=n), generator=generator, progress=progress)
+        run_sampling_on(dataclasses.replace(cfg, out=all_path, n=n), generator=generator, progress=progress)
         samples = read_records(all_path, Sample)
         total = sum(s.flops for s in samples)
         if total <= 0:

@@ -58,6 +58,9 @@ class SampleConfig:
                                           "max_batch, trust_remote_code, refill_fraction; openai: base_url, "
                                           "concurrency, cache, n_params, api_key_env, max_retries, backoff_s, "
                                           "timeout_s, chat), e.g. n_params=7e9,concurrency=4"))
+    executor: str = opt("local", help="where shards run: local (this process) or ray (Ray tasks, one shard per worker)")
+    executor_options: dict = opt({}, help=("ray: address (default $RAY_ADDRESS, else a local cluster), workers "
+                                           "(0: as many as fit), num_cpus, num_gpus per shard, max_retries"))
     budget: str = opt("", help=("sample until this many FLOPs are realized, then trim to it (e.g. 1e15); n is the "
                                 "starting guess (see `assay plan`); raw samples go to <out>.all.jsonl"))
 
@@ -150,8 +153,11 @@ def _check_resume(existing: list[Sample], cfg: SampleConfig, decoding: Decoding,
     write_json(side, {"identity": ident, "questions": questions, "file_hashes": hashes.entries})
 
 
-def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progress: bool = True) -> dict:
-    """Sample what is missing from ``cfg.out``; returns a summary of this invocation."""
+def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progress: bool = True,
+                 skip: Iterable[tuple[str, int]] = ()) -> dict:
+    """Sample what is missing from ``cfg.out``; returns a summary of this invocation.
+
+    ``skip``: keys done elsewhere (a sharded run's merged output), not sampled again here."""
     all_problems = read_problems(cfg.problems)
     if not all_problems:
         raise InputError(f"{cfg.problems}: no problems in it (the file is empty); nothing to sample")
@@ -168,7 +174,7 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
         raise
     save_yaml(Path(cfg.out).with_name(Path(cfg.out).name + ".config.yaml"), to_mapping(cfg))
     done = {key(s) for s in existing}
-    groups = plan_groups(problems, cfg.n, cfg.seed, cfg.template, done)
+    groups = plan_groups(problems, cfg.n, cfg.seed, cfg.template, done | {tuple(k) for k in skip})
     todo = sum(len(g.samples) for g in groups)
     summary = {"already_done": len(done), "sampled": 0, "completion_tokens": 0, "flops": 0.0, "seconds": 0.0}
     if todo == 0:

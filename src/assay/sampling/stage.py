@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from assay.core.checks import at_least, keyed, one_of, passes, unit_interval
+from assay.core.executor import executor_options
 from assay.core.hardware import DTYPES
 from assay.core.io import InputError, read_problems
 from assay.data.prompts import check_template
@@ -17,7 +18,8 @@ from assay.models import check_model
 from assay.sampling.backends import check_backend
 from assay.sampling.budget import run_budgeted
 from assay.sampling.plan import parse_budget
-from assay.sampling.runner import SampleConfig, parse_shard, run_sampling
+from assay.sampling.runner import SampleConfig, parse_shard
+from assay.sampling.sharded import run_sampling_on
 
 
 @dataclass
@@ -46,7 +48,7 @@ def run_sample(cfg: SampleConfig, generator=None, progress: bool = True) -> Samp
         if unit != "flops":
             raise InputError(f"sample --budget {cfg.budget}: local sampling is budgeted in FLOPs")
         return SampleResult(str(cfg.out), True, run_budgeted(cfg, budget, generator=generator, progress=progress))
-    return SampleResult(str(cfg.out), False, run_sampling(cfg, generator=generator, progress=progress))
+    return SampleResult(str(cfg.out), False, run_sampling_on(cfg, generator=generator, progress=progress))
 
 
 def cli_run(cfg: SampleConfig) -> int:
@@ -69,6 +71,7 @@ def check(c: SampleConfig, key: str = "", skip=(), files: bool = False) -> None:
     if c.limit is not None:
         at_least(k("limit"), c.limit, 1)
     passes(k("shard"), parse_shard, c.shard)
+    executor_options(c.executor, c.executor_options, k("executor_options"))
     if c.budget:
         passes(k("budget"), parse_budget, c.budget)
     if "model" not in skip and c.backend == "hf":

@@ -1,0 +1,122 @@
+"""Where a stage's shards run: in this process (``local``) or as Ray tasks (``ray``).
+
+A stage that maps over records splits its work into shards that share no state; each shard
+writes its own resumable file, and the stage merges the files in a fixed order into the output a
+local run writes. This module only runs the shards. Ray's own fault tolerance does the rest: a
+task whose worker process dies is retried (``max_retries``) and, since its shard file is
+resumable, the retry continues where the dead worker stopped; errors raised by the stage's code
+(bad input) are not retried and reach the caller as themselves.
+
+On a cluster, ``address`` (or ``$RAY_ADDRESS``) names it (``ray start --head`` on one node,
+``ray start --address HEAD:6379`` on the others); with neither, Ray starts a local cluster for
+this process. ``num_gpus=1`` gives each shard a GPU of its own (Ray sets ``CUDA_VISIBLE_DEVICES``),
+so one vLLM server per GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from assay.core.config import ConfigError, from_mapping, parse_option_string
+from assay.core.registry import did_you_mean
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RayOptions:
+    """``executor_options`` of ``executor: ray``."""
+
+    address: str = ""  # a running cluster (ray://, HOST:PORT or auto); "" : $RAY_ADDRESS, else a local cluster
+    workers: int = 0  # shards run at once; 0: as many as the cluster has room for (by num_cpus/num_gpus)
+    num_cpus: float = 1.0  # CPUs each shard's task reserves
+    num_gpus: float = 0.0  # GPUs each shard's task reserves (1 for a vLLM server per GPU)
+    max_retries: int = 3  # times a task is rerun after its worker process died
+
+
+def executor_options(executor: str, options: Any, key: str = "executor_options") -> Optional[RayOptions]:
+    """The checked options of ``executor`` (None for local); errors name ``key.<option>``."""
+    if executor not in EXECUTORS:
+        raise ConfigError("executor", "executor", f"'{executor}' is not an executor{did_you_mean(executor, list(EXECUTORS))}")
+    if executor == "local":
+        if options:
+            raise ConfigError(key, key, "the local executor takes no options")
+        return None
+    if isinstance(options, RayOptions):
+        o = options
+    else:
+        if isinstance(options, str):
+            options = parse_option_string(options, key)
+        if options is not None and not isinstance(options, dict):
+            raise ConfigError(key, key, f"expected a mapping of ray options, got {options!r}")
+        names = list(RayOptions.__dataclass_fields__)
+        for k in options or {}:
+            if k not in names:
+                raise ConfigError(f"{key}.{k}", f"{key}.{k}",
+                                  f"'{k}' is not an option of the ray executor{did_you_mean(str(k), names)}")
+        o = from_mapping(RayOptions, dict(options or {}), key)
+    for name in ("workers", "max_retries"):
+        if getattr(o, name) < 0:
+            raise ConfigError(f"{key}.{name}", f"{key}.{name}", f"must be at least 0, got {getattr(o, name)!r}")
+    for name in ("num_cpus", "num_gpus"):
+        v = getattr(o, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{key}.{name}", f"{key}.{name}", f"must be a non-negative number, got {v!r}")
+    if o.num_cpus == 0 and o.num_gpus == 0:
+        raise ConfigError(f"{key}.num_cpus", f"{key}.num_cpus", "a task must reserve some CPUs or GPUs")
+    return o
+
+
+def ray_init(o: RayOptions):
+    """Connect to (or start) the cluster once per process."""
+    import ray
+
+    if not ray.is_initialized():
+        address = o.address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="warning")
+    return ray
+
+
+def shard_count(o: RayOptions) -> int:
+    """``workers``, or as many tasks as the cluster's CPUs (or GPUs) hold at once."""
+    if o.workers:
+        return o.workers
+    res = ray_init(o).cluster_resources()
+    fits = [res.get("CPU", 0) / o.num_cpus if o.num_cpus else math.inf,
+            res.get("GPU", 0) / o.num_gpus if o.num_gpus else math.inf]
+    return max(1, int(min(fits)))
+
+
+def map_shards(o: Optional[RayOptions], fn: Callable[[Any], Any], payloads: Sequence[Any],
+               poll: Optional[Callable[[], None]] = None) -> list:
+    """``[fn(p) for p in payloads]``, locally (``o`` None) or as Ray tasks; results in payload order.
+
+    ``fn`` must be a module-level function (Ray ships it by reference); ``poll`` is called every
+    couple of seconds while tasks run (a progress bar over the shard files)."""
+    if o is None:
+        return [fn(p) for p in payloads]
+    ray = ray_init(o)
+    remote = ray.remote(num_cpus=o.num_cpus, num_gpus=o.num_gpus, max_retries=o.max_retries,
+                        retry_exceptions=False)(fn)
+    refs = [remote.remote(p) for p in payloads]
+    pending = list(refs)
+    try:
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
+            if poll is not None:
+                poll()
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        # The stage's own error (a bad input in a shard) is raised as itself, one line as locally.
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+    except BaseException:
+        for r in pending:
+            ray.cancel(r, force=True)
+        raise
