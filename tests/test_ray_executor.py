@@ -178,3 +178,16 @@ def test_a_killed_driver_resumes_its_shards(cluster, tiny_model_dir, tmp_path):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _keys_once(out) == [(f"p{i}", j) for i in range(8) for j in range(4)]
     assert _rows(out, flops=False) == _rows(local, flops=False)
+
+
+def test_eval_sampling_runs_on_ray_with_the_same_result(cluster, tiny_model_dir, tmp_path):
+    from assay.eval.stage import EvalConfig, run_eval
+
+    bench = _problems(tmp_path / "bench.jsonl", 6)
+    base = dict(model=str(tiny_model_dir), benchmark=str(bench), max_new_tokens=8, n=2, dtype="float32")
+    local = run_eval(EvalConfig(out=str(tmp_path / "local"), **base))
+    on_ray = run_eval(EvalConfig(out=str(tmp_path / "ray"), executor="ray",
+                                 executor_options={"address": cluster, "workers": 2}, **base))
+    # Where the shards ran is not part of the protocol: the two results compare as one protocol.
+    assert on_ray["protocol"] == local["protocol"] and on_ray["metrics"] == local["metrics"]
+    assert _rows(tmp_path / "ray" / "sampled.samples.jsonl") == _rows(tmp_path / "local" / "sampled.samples.jsonl")
