@@ -135,11 +135,17 @@ def _worker_pids() -> list[int]:
     return [int(line.split()[0]) for line in ps if "ray::_sample_shard" in line]
 
 
-def test_a_worker_killed_mid_shard_is_retried_without_loss_or_duplicates(cluster, tiny_model_dir, tmp_path):
+def _long_local_run(tmp_path, model) -> Path:
+    """The reference for the kill tests: 8 problems x 4 samples of 200 tokens, in this process."""
     _problems(tmp_path / "p.jsonl", 8)
     local = tmp_path / "local.jsonl"
-    run_sampling(SampleConfig(problems=str(tmp_path / "p.jsonl"), out=str(local), model=str(tiny_model_dir), n=4,
+    run_sampling(SampleConfig(problems=str(tmp_path / "p.jsonl"), out=str(local), model=str(model), n=4,
                               temperature=1.0, max_new_tokens=200, max_batch=2, dtype="float32"), progress=False)
+    return local
+
+
+def test_a_worker_killed_mid_shard_is_retried_without_loss_or_duplicates(cluster, tiny_model_dir, tmp_path):
+    local = _long_local_run(tmp_path, tiny_model_dir)
     out = tmp_path / "ray.jsonl"
     proc = subprocess.Popen(_driver(tmp_path, tiny_model_dir, out, cluster), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -155,10 +161,7 @@ def test_a_worker_killed_mid_shard_is_retried_without_loss_or_duplicates(cluster
 
 
 def test_a_killed_driver_resumes_its_shards(cluster, tiny_model_dir, tmp_path):
-    _problems(tmp_path / "p.jsonl", 8)
-    local = tmp_path / "local.jsonl"
-    run_sampling(SampleConfig(problems=str(tmp_path / "p.jsonl"), out=str(local), model=str(tiny_model_dir), n=4,
-                              temperature=1.0, max_new_tokens=200, max_batch=2, dtype="float32"), progress=False)
+    local = _long_local_run(tmp_path, tiny_model_dir)
     out = tmp_path / "ray.jsonl"
     cmd = _driver(tmp_path, tiny_model_dir, out, cluster)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -191,3 +194,50 @@ def test_eval_sampling_runs_on_ray_with_the_same_result(cluster, tiny_model_dir,
     # Where the shards ran is not part of the protocol: the two results compare as one protocol.
     assert on_ray["protocol"] == local["protocol"] and on_ray["metrics"] == local["metrics"]
     assert _rows(tmp_path / "ray" / "sampled.samples.jsonl") == _rows(tmp_path / "local" / "sampled.samples.jsonl")
+
+
+def test_verify_on_ray_writes_the_local_file_byte_for_byte_and_resumes_a_local_one(cluster, tmp_path):
+    from assay.verify.stage import VerifyConfig, run_verify
+
+    probs = [Problem(f"p{i}", f"What is {i} plus {i}?", str(2 * i), "t") for i in range(9)]
+    write_records(tmp_path / "p.jsonl", probs)
+    samples = [Sample(problem_id=p.id, sample_index=j, model="m", prompt_template="boxed-v1",
+                      text=f"so \\boxed{{{2 * i + (j % 2)}}}", prompt_tokens=1, completion_tokens=1, flops=0.0,
+                      finish_reason="stop", decoding={}, seed=j) for i, p in enumerate(probs) for j in range(3)]
+    write_records(tmp_path / "s.jsonl", samples)
+    base = dict(problems=str(tmp_path / "p.jsonl"), samples=str(tmp_path / "s.jsonl"), workers=1)
+    local = run_verify(VerifyConfig(out=str(tmp_path / "local.jsonl"), **base), progress=False)
+    ray_opts = {"address": cluster, "workers": 2}
+    on_ray = run_verify(VerifyConfig(out=str(tmp_path / "ray.jsonl"), executor="ray", executor_options=ray_opts,
+                                     **base), progress=False)
+    assert (on_ray.n, on_ray.correct) == (local.n, local.correct) == (27, 18)
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert not (tmp_path / "ray.jsonl.shards").exists()
+    # Half judged locally, the rest on Ray: the same file, no verdict twice.
+    part = tmp_path / "part.jsonl"
+    part.write_bytes(b"".join((tmp_path / "local.jsonl").read_bytes().splitlines(keepends=True)[:13]))
+    run_verify(VerifyConfig(out=str(part), executor="ray", executor_options=ray_opts, **base), progress=False)
+    assert part.read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+
+
+def test_judge_on_ray_writes_what_a_local_judge_writes(cluster, tiny_model_dir, tmp_path):
+    from assay.core.records import Verdict
+    from assay.verify.judge import JudgeConfig, run_judge
+
+    probs = [Problem(f"p{i}", f"What is {i} plus {i}?", str(2 * i), "t") for i in range(5)]
+    samples = [Sample(problem_id=p.id, sample_index=j, model="m", prompt_template="boxed-v1",
+                      text=f"{i} + {i} = \\boxed{{{2 * i}}} (try {j})", prompt_tokens=1, completion_tokens=1,
+                      flops=0.0, finish_reason="stop", decoding={}, seed=j) for i, p in enumerate(probs) for j in range(2)]
+    verdicts = [Verdict(s.problem_id, s.sample_index, s.text, True, "exact") for s in samples]
+    for name, rows in (("p", probs), ("s", samples), ("v", verdicts)):
+        write_records(tmp_path / f"{name}.jsonl", rows)
+    base = dict(problems=str(tmp_path / "p.jsonl"), samples=str(tmp_path / "s.jsonl"),
+                verdicts=str(tmp_path / "v.jsonl"), model=str(tiny_model_dir), max_new_tokens=6,
+                backend_options={"dtype": "float32"})
+    local = run_judge(JudgeConfig(out=str(tmp_path / "local.jsonl"), **base))
+    on_ray = run_judge(JudgeConfig(out=str(tmp_path / "ray.jsonl"), executor="ray",
+                                   executor_options={"address": cluster, "workers": 2}, **base))
+    assert on_ray.items == local.items == 10 and on_ray.fpr == local.fpr
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert len((tmp_path / "ray.jsonl.cache.jsonl").read_text().splitlines()) == 10
+    assert not (tmp_path / "ray.jsonl.cache.jsonl.shards").exists()

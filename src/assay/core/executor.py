@@ -18,9 +18,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from assay.core.config import ConfigError, from_mapping, parse_option_string
+from assay.core.identity import load_record
+from assay.core.io import InputError, read_records, write_json, write_records
+from assay.core.progress import bar as progress_bar
 from assay.core.registry import did_you_mean
 
 EXECUTORS = ("local", "ray")
@@ -120,3 +124,85 @@ def map_shards(o: Optional[RayOptions], fn: Callable[[Any], Any], payloads: Sequ
         for r in pending:
             ray.cancel(r, force=True)
         raise
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not (0 <= i < n):
+            raise ValueError
+        return i, n
+    except ValueError:
+        raise InputError(f"shard '{shard}': expected 'i/N' with 0 <= i < N") from None
+
+
+class ShardPlan:
+    """The shard files of one sharded output: ``<out>.shards/IIII-of-NNNN.jsonl``, their count
+    recorded in ``plan.json`` so a rerun with another count is refused instead of mixing
+    partitions, a progress bar over their lines, the merge into ``out`` and the cleanup of
+    exactly the files recorded here."""
+
+    SIDECARS = ("", ".identity.json", ".config.yaml", ".api_cache.jsonl")
+
+    def __init__(self, out: str, o: RayOptions, stage: str):
+        self.out, self.stage = str(out), stage
+        self.dir = Path(self.out + ".shards")
+        self.plan_path = self.dir / "plan.json"
+        plan = load_record(self.plan_path)
+        n = plan["shards"] if plan and not o.workers else shard_count(o)
+        if plan and plan["shards"] != n:
+            raise InputError(f"{self.plan_path}: this {stage} was started with {plan['shards']} shards, this run asks "
+                             f"for {n}; pass executor_options.workers={plan['shards']} to finish it")
+        self.n = n
+        self.files = [self.dir / f"{i:04d}-of-{n:04d}.jsonl" for i in range(n)]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.plan_path, {"shards": n, "files": [f.name for f in self.files]})
+
+    def lines(self) -> int:
+        total = 0
+        for f in self.files:
+            try:
+                with open(f, "rb") as fh:
+                    total += fh.read().count(b"\n")
+            except FileNotFoundError:
+                pass
+        return total
+
+    def run(self, o: RayOptions, fn: Callable[[Any], Any], payloads: Sequence[Any], todo: int, unit: str,
+            progress: bool = True) -> list:
+        """``map_shards`` with a bar counting the shards' new lines."""
+        seen = [self.lines()]  # a resumed run's shards already hold these
+        bar = progress_bar(max(0, todo - seen[0]), self.stage, unit, enabled=progress)
+
+        def poll() -> None:
+            count = self.lines()
+            bar.update(max(0, count - seen[0]))
+            seen[0] = max(seen[0], count)
+
+        try:
+            return map_shards(o, fn, payloads, poll=poll)
+        finally:
+            bar.close()
+
+    def merge(self, cls: type, key: Callable, existing: list, order: Callable) -> int:
+        """``out`` := its own records plus the shards', each key once, sorted by ``order``; atomic."""
+        by_key = {key(r): r for r in existing}
+        for f in self.files:
+            if f.exists():
+                for r in read_records(f, cls):
+                    by_key.setdefault(key(r), r)
+        rows = sorted(by_key.values(), key=order)
+        tmp = Path(self.out + ".merging")
+        write_records(tmp, rows)
+        os.replace(tmp, self.out)
+        return len(rows)
+
+    def cleanup(self) -> None:
+        for f in self.files:
+            for extra in self.SIDECARS:
+                Path(str(f) + extra).unlink(missing_ok=True)
+        self.plan_path.unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass  # something else lives there: left alone

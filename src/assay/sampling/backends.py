@@ -32,7 +32,7 @@ from assay.core.hardware import DTYPES, resolve_dtype
 from assay.core.registry import Registry, did_you_mean
 from assay.sampling.base import Generator
 from assay.sampling.openai_api import OpenAIGenerator
-from assay.sampling.vllm_backend import VLLMOptions
+from assay.sampling.vllm_backend import VLLMGenerator, VLLMOptions
 
 
 @dataclass
@@ -119,8 +119,6 @@ def _build_openai(model: str, o: OpenAIOptions) -> Generator:
 
 
 def _build_vllm(model: str, o: VLLMOptions) -> Generator:
-    from assay.sampling.vllm_backend import VLLMGenerator
-
     return VLLMGenerator(model, o)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from assay.core.config import opt, save_yaml, to_mapping
+from assay.core.executor import parse_shard  # noqa: F401  (re-exported: sample's --shard)
 from assay.core.hashing import short_hash
 from assay.core.identity import FileHashes, check_identity, load_record
 from assay.core.io import InputError, open_resumable, read_problems, write_json
@@ -68,16 +69,6 @@ class SampleConfig:
 def sample_seed(base: int, problem_id: str, sample_index: int) -> int:
     h = hashlib.sha256(f"{base}:{problem_id}:{sample_index}".encode()).digest()
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-        if not (0 <= i < n):
-            raise ValueError
-        return i, n
-    except ValueError:
-        raise InputError(f"shard '{shard}': expected 'i/N' with 0 <= i < N") from None
 
 
 def select_problems(problems: list[Problem], limit: Optional[int], shard: str) -> list[Problem]:

@@ -19,6 +19,7 @@ FPR is reported with a Wilson 95% interval and the number of items actually judg
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import re
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import Iterable, Optional, Protocol
 
 from assay.core.checks import at_least, keyed, one_of
-from assay.core.config import opt
+from assay.core.config import from_mapping, opt, to_mapping
+from assay.core.executor import ShardPlan, executor_options
 from assay.core.io import (
     InputError,
     open_resumable,
@@ -275,6 +277,8 @@ class JudgeConfig:
     max_new_tokens: int = opt(512, help="llm: judge output limit")
     audit: str = opt("audit.csv", help="export/import: the audit sheet path")
     limit: int = opt(0, help="judge at most this many answer-correct samples (0 = all)")
+    executor: str = opt("local", help="llm: where the judging shards run: local or ray (Ray tasks, one shard per worker)")
+    executor_options: dict = opt({}, help="ray: address, workers, num_cpus, num_gpus, max_retries")
 
 
 def judge_options(cfg: JudgeConfig, section: str = ""):
@@ -286,6 +290,43 @@ def judge_options(cfg: JudgeConfig, section: str = ""):
 
 def judge_generator(cfg: JudgeConfig):
     return make_generator(cfg.generator, cfg.model, judge_options(cfg))
+
+
+class _LazyGenerator:
+    """Builds the judge's generator on its first request: a rerun answered from the cache loads no model."""
+
+    def __init__(self, cfg: JudgeConfig):
+        self.cfg, self.g = cfg, None
+
+    def generate(self, groups, decoding):
+        if self.g is None:
+            self.g = judge_generator(self.cfg)
+        return self.g.generate(groups, decoding)
+
+
+def _llm_judge(cfg: JudgeConfig, cache: str) -> LLMJudge:
+    return LLMJudge(_LazyGenerator(cfg), cfg.model, cfg.template, cfg.max_new_tokens, cache=cache,
+                    protocol=greedy_protocol(judge_options(cfg)))
+
+
+def _judge_shard(payload: dict) -> int:
+    """One shard, in a Ray worker: judge its items into its own cache file."""
+    cfg = from_mapping(JudgeConfig, payload["cfg"])
+    return len(_llm_judge(cfg, payload["cache"]).judge(payload["items"]))
+
+
+def _judge_on_ray(cfg: JudgeConfig, o, items: list[dict]) -> None:
+    """Every N-th item per Ray task, each shard's raw judge outputs in its own resumable cache; the
+    shard caches are then merged into ``<out>.cache.jsonl``, from which the local pass that follows
+    writes exactly what a local run writes."""
+    cache = str(cfg.out) + ".cache.jsonl"
+    plan = ShardPlan(cache, o, "judge")
+    shard_cfg = to_mapping(dataclasses.replace(cfg, executor="local", executor_options={}))
+    payloads = [{"cfg": shard_cfg, "cache": str(f), "items": items[i::plan.n]} for i, f in enumerate(plan.files)]
+    existing = read_records(cache, _CacheRow) if Path(cache).exists() else []
+    plan.run(o, _judge_shard, payloads, len(items), "item")
+    plan.merge(_CacheRow, lambda r: r.key, existing, lambda r: r.key)
+    plan.cleanup()
 
 
 @dataclass
@@ -323,6 +364,7 @@ def check(c: JudgeConfig, key: str = "", skip=(), files: bool = False) -> None:
         if c.generator == "hf":
             check_model(k("model"), c.model)
     at_least(k("limit"), c.limit, 0)
+    executor_options(c.executor, c.executor_options, k("executor_options"))
 
 
 def run_judge(cfg: JudgeConfig) -> JudgeResult:
@@ -339,8 +381,10 @@ def run_judge(cfg: JudgeConfig) -> JudgeResult:
             return JudgeResult(str(cfg.out), len(items), exported=export_audit(items, cfg.audit), audit=str(cfg.audit))
         if cfg.backend != "llm":
             raise InputError(f"judge backend '{cfg.backend}'{did_you_mean(cfg.backend, ['llm', 'export', 'import'])}")
-        js = LLMJudge(judge_generator(cfg), cfg.model, cfg.template, cfg.max_new_tokens, cache=str(cfg.out) + ".cache.jsonl",
-                      protocol=greedy_protocol(judge_options(cfg))).judge(items)
+        o = executor_options(cfg.executor, cfg.executor_options)
+        if o is not None:
+            _judge_on_ray(cfg, o, items)
+        js = _llm_judge(cfg, str(cfg.out) + ".cache.jsonl").judge(items)
     write_records(cfg.out, judgments_to_dicts(js))
     fpr = false_positive_rate(js)
     write_json(str(cfg.out) + ".fpr.json", {**fpr, "judge": js[0].judge if js else None})

@@ -16,12 +16,13 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
-from assay.core.checks import at_least, fail, keyed, one_of
-from assay.core.config import load_yaml, opt, save_yaml
+from assay.core.checks import at_least, fail, keyed, one_of, passes
+from assay.core.config import from_mapping, load_yaml, opt, save_yaml, to_mapping
+from assay.core.executor import ShardPlan, executor_options, parse_shard
 from assay.core.hashing import short_hash
-from assay.core.io import InputError, open_resumable, read_numbered, read_problems
+from assay.core.io import InputError, open_resumable, read_numbered, read_problems, read_records
 from assay.core.progress import bar as progress_bar
 from assay.core.records import Problem, Sample, Verdict, key
 from assay.verify import sandbox
@@ -43,6 +44,10 @@ class VerifyConfig:
     timeout_s: float = opt(5.0, help="wall-clock limit per completion; an overdue one is a 'timeout' verdict")
     extractors: list[str] = opt(DEFAULT_EXTRACTORS, help="answer extractors, tried in order: " + ", ".join(EXTRACTORS))
     verifier: str = opt("auto", help="auto (reasoning_gym for rg problems, else math_verify) or one of: " + ", ".join(VERIFIERS))
+    shard: str = opt("0/1", help="'i/N': judge only the samples whose line position modulo N is i")
+    executor: str = opt("local", help="where shards run: local (this process) or ray (Ray tasks, one shard per worker)")
+    executor_options: dict = opt({}, help="ray: address, workers, num_cpus (also each shard's verifier processes), "
+                                          "num_gpus, max_retries")
 
 
 def index_problems(problems: list[Problem]) -> dict[str, Problem]:
@@ -154,13 +159,20 @@ def check(c: VerifyConfig, key: str = "", skip=(), files: bool = False) -> None:
         one_of(k("extractors"), name, EXTRACTORS.names(), "answer extractor")
     one_of(k("verifier"), c.verifier, ["auto", *VERIFIERS.names()], "verifier")
     at_least(k("workers"), c.workers, 1)
+    passes(k("shard"), parse_shard, c.shard)
+    executor_options(c.executor, c.executor_options, k("executor_options"))
     if c.timeout_s <= 0:
         raise fail(k("timeout_s"), f"must be positive, got {c.timeout_s!r}")
 
 
-def run_verify(cfg: VerifyConfig) -> VerifyResult:
-    """Judge every sample of ``cfg.samples`` not yet judged in ``cfg.out`` (resumable)."""
+def run_verify(cfg: VerifyConfig, progress: bool = True, skip: Iterable = ()) -> VerifyResult:
+    """Judge every sample of ``cfg.samples`` (of ``cfg.shard``) not yet judged in ``cfg.out`` (resumable).
 
+    ``skip``: keys judged elsewhere (a sharded run's merged output), not judged again here."""
+
+    o = executor_options(cfg.executor, cfg.executor_options)
+    if o is not None:
+        return _run_verify_sharded(cfg, o, progress)
     problems = read_problems(cfg.problems)
     numbered = read_numbered(cfg.samples, Sample)
     samples = [s for _, s in numbered]
@@ -172,13 +184,15 @@ def run_verify(cfg: VerifyConfig) -> VerifyResult:
     with writer:
         _check_done(cfg, done, numbered, by_id)
         save_yaml(config_path, cfg)
-        done_keys = {key(v) for v in done}
-        todo = [s for s in samples if key(s) not in done_keys]
+        done_keys = {key(v) for v in done} | {tuple(k) for k in skip}
+        i_shard, n_shards = parse_shard(cfg.shard)
+        todo = [s for j, s in enumerate(samples) if j % n_shards == i_shard and key(s) not in done_keys]
+        mine = len(todo) + len(done)
         verdicts = list(done)  # _check_done: every one is of a current sample
         # Written in input order (a short reorder buffer) so reruns give byte-identical files.
         buffer: dict[int, Verdict] = {}
         next_i = 0
-        with progress_bar(len(samples), "verify", "sample", initial=len(samples) - len(todo)) as bar:
+        with progress_bar(mine, "verify", "sample", initial=len(done), enabled=progress) as bar:
             for i, v in iter_verdicts(problems, todo, cfg):
                 buffer[i] = _stamped(v, todo[i], by_id, cfg)
                 bar.update(1)
@@ -186,6 +200,41 @@ def run_verify(cfg: VerifyConfig) -> VerifyResult:
                     writer.write(buffer[next_i])
                     verdicts.append(buffer.pop(next_i))
                     next_i += 1
+    return VerifyResult(len(verdicts), sum(v.correct for v in verdicts), sum(v.status == "timeout" for v in verdicts),
+                        sum(v.status == "error" for v in verdicts), str(cfg.out))
+
+
+def _verify_shard(payload: dict) -> dict:
+    """One shard, in a Ray worker: the local stage on every N-th sample."""
+    r = run_verify(from_mapping(VerifyConfig, payload["cfg"]), progress=False, skip=payload["skip"])
+    return dataclasses.asdict(r)
+
+
+def _run_verify_sharded(cfg: VerifyConfig, o, progress: bool) -> VerifyResult:
+    """``executor: ray``: every N-th sample per Ray task, merged in the samples' order (as a local run writes)."""
+    if cfg.shard != "0/1":
+        raise InputError(f"verify: --shard {cfg.shard} with --executor {cfg.executor}: the executor makes the shards; "
+                         "pass one or the other")
+    problems = read_problems(cfg.problems)
+    numbered = read_numbered(cfg.samples, Sample)
+    _check_samples(cfg, problems, numbered)
+    config_path = Path(str(cfg.out) + ".config.yaml")
+    _check_resume_config(config_path, cfg)
+    done, writer = open_resumable(cfg.out, Verdict, key)
+    with writer:
+        _check_done(cfg, done, numbered, {p.id: p for p in problems})
+    save_yaml(config_path, cfg)
+    plan = ShardPlan(cfg.out, o, "verify")
+    position = {key(s): j for j, (_, s) in enumerate(numbered)}
+    done_keys = sorted(key(v) for v in done)
+    per_shard = max(1, int(o.num_cpus))  # the task's CPUs are its verifier processes
+    payloads = [{"cfg": to_mapping(dataclasses.replace(cfg, out=str(f), shard=f"{i}/{plan.n}", executor="local",
+                                                       executor_options={}, workers=per_shard)),
+                 "skip": [k for k in done_keys if position[k] % plan.n == i]} for i, f in enumerate(plan.files)]
+    plan.run(o, _verify_shard, payloads, len(numbered) - len(done), "sample", progress=progress)
+    plan.merge(Verdict, key, done, lambda v: position[key(v)])
+    plan.cleanup()
+    verdicts = read_records(cfg.out, Verdict)
     return VerifyResult(len(verdicts), sum(v.correct for v in verdicts), sum(v.status == "timeout" for v in verdicts),
                         sum(v.status == "error" for v in verdicts), str(cfg.out))
 
