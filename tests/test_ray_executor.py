@@ -32,8 +32,12 @@ RAY = str(Path(sys.executable).with_name("ray"))  # the venv's ray command, on P
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A local Ray cluster on loopback (``ray start --head``), shared by the module's tests."""
+    import socket
+
     tmp = tmp_path_factory.mktemp("ray")
-    port = "6391"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     subprocess.run([RAY, "start", "--head", "--port", port, "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
                     "--include-dashboard", "false", "--temp-dir", str(tmp)], check=True, env=env,
@@ -104,6 +108,19 @@ def test_bad_input_in_a_shard_is_the_stage_error_not_a_ray_traceback(cluster, ti
     with pytest.raises(InputError, match="prompt template|template"):
         run_sampling_on(_cfg(tmp_path, tiny_model_dir, tmp_path / "o.jsonl", executor="ray", template="nope-v9",
                              executor_options={"address": cluster, "workers": 2}))
+
+
+def test_errors_raised_inside_a_worker_arrive_as_themselves(cluster):
+    from assay.core.config import ConfigError, parse_option_string
+    from assay.core.executor import RayOptions, map_shards, parse_shard
+
+    o = RayOptions(address=cluster)
+    assert map_shards(o, parse_shard, ["1/3", "0/2"]) == [(1, 3), (0, 2)]
+    with pytest.raises(InputError, match="expected 'i/N'"):
+        map_shards(o, parse_shard, ["1/3", "9/3"])
+    with pytest.raises(ConfigError) as exc:  # pickled by its fields, so it keeps its key
+        map_shards(o, parse_option_string, ["novalue"])
+    assert exc.value.key == "backend_options" and "expected key=value" in str(exc.value)
 
 
 def _driver(tmp_path, model, out, cluster, tokens=200) -> list[str]:
@@ -241,3 +258,32 @@ def test_judge_on_ray_writes_what_a_local_judge_writes(cluster, tiny_model_dir, 
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
     assert len((tmp_path / "ray.jsonl.cache.jsonl").read_text().splitlines()) == 10
     assert not (tmp_path / "ray.jsonl.cache.jsonl.shards").exists()
+
+
+def test_less_features_on_ray_equal_the_local_ones(cluster, tiny_model_dir, tmp_path):
+    import numpy as np
+
+    from assay.core.executor import RayOptions
+    from assay.core.records import SFTExample
+    from assay.select.gradients import gradient_scores
+    from assay.train import LoraOptions, TrainConfig, run_training
+
+    words = ["apple", "river", "stone", "cloud", "seven", "green", "house", "light"]
+    pool = [SFTExample(f"e{i}", [{"role": "user", "content": f"What is {i} + {i}?"},
+                                 {"role": "assistant", "content": " ".join(words[(i * j) % 8] for j in range(1, 7))}],
+                       f"p{i}", 0, "m", "plain-v1", 6, "t") for i in range(10)]
+    write_records(tmp_path / "warm.jsonl", pool[:4])
+    run_training(TrainConfig(data=str(tmp_path / "warm.jsonl"), out=str(tmp_path / "warmup"), model=str(tiny_model_dir),
+                             lora=LoraOptions(r=4, alpha=8), epochs=2, batch_size=4, save_steps=1, keep_checkpoints=0,
+                             merge=False, seed=0, max_length=64, dtype="float32"), progress=False)
+    args = (str(tiny_model_dir), pool, {"t": pool[2:4]}, tmp_path / "warmup", 256, 0, 64)
+    local, cost_local = gradient_scores(*args, tmp_path / "f-local", progress=False)
+    on_ray, cost_ray = gradient_scores(*args, tmp_path / "f-ray", progress=False,
+                                       executor=RayOptions(address=cluster, workers=3))
+    assert cost_ray == cost_local and cost_local["checkpoints"] == 2
+    ck = sorted(p.name for p in (tmp_path / "f-local").glob("checkpoint-*.train.npy"))
+    assert len(ck) == 2
+    for name in ck:  # the assembled per-checkpoint stores, and no range files left behind
+        assert np.array_equal(np.load(tmp_path / "f-ray" / name), np.load(tmp_path / "f-local" / name))
+        assert not (tmp_path / "f-ray" / (name + ".shards")).exists()
+    assert np.allclose(on_ray, local, rtol=0, atol=0)

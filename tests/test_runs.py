@@ -43,6 +43,24 @@ def test_stage_records_lineage_and_skips_when_unchanged(tmp_path):
     assert len(calls) == 4  # output changed since: rerun
 
 
+def test_where_a_stage_ran_is_not_part_of_its_identity(tmp_path):
+    """A stage done locally (or before the executor keys existed) is not redone on Ray, nor the reverse."""
+    run = Run(tmp_path / "run")
+    calls = []
+
+    def make():
+        calls.append(1)
+        (run.dir / "out.txt").write_text("x")
+
+    out = [run.dir / "out.txt"]
+    run.stage("s", {"n": 4, "sub": {"k": 1}}, make, outputs=out)
+    run.stage("s", {"n": 4, "executor": "ray", "executor_options": {"workers": 2},
+                    "sub": {"k": 1, "executor": "local"}}, make, outputs=out)
+    assert len(calls) == 1
+    e = run.stage("s", {"n": 5, "executor": "ray"}, make, outputs=out)
+    assert len(calls) == 2 and e["config"]["executor"] == "ray"  # recorded, just not hashed
+
+
 def test_changed_config_clears_stale_outputs_before_rerun(tmp_path):
     run = Run(tmp_path)
     out = tmp_path / "samples.jsonl"

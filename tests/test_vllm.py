@@ -105,6 +105,10 @@ def test_sample_cli_runs_through_the_vllm_backend(fake_env, tiny_model_dir, tmp_
                  "--backend-options", f"python={FAKE},log_dir={tmp_path / 'logs'}"]) == 0
     rows = read_records(out, Sample)
     assert len(rows) == 6 and all(r.text.endswith(f"seed={r.seed}") for r in rows)
+    # The stage stopped the server it started (not left to the end of the process).
+    pid = json.loads((fake_env / "args.json").read_text())["pid"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
     ident = json.loads(Path(str(out) + ".identity.json").read_text())["identity"]
     assert ident["backend"] == "vllm" and ident["dtype"] == "float32"
 

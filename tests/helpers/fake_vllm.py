@@ -21,7 +21,8 @@ ap.add_argument("--port", type=int)
 ap.add_argument("--host")
 args, rest = ap.parse_known_args()
 with open(os.environ["FAKE_VLLM_ARGS"], "w") as f:
-    json.dump({"argv": sys.argv[1:], "bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"), "host": args.host}, f)
+    json.dump({"argv": sys.argv[1:], "bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"), "host": args.host,
+               "pid": os.getpid()}, f)
 KEY = os.environ["VLLM_API_KEY"]
 
 

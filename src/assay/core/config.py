@@ -37,6 +37,10 @@ class ConfigError(InputError):
         super().__init__(message or f"{where}: {detail}")
         self.where, self.key, self.detail, self.kind = where, key, detail, kind
 
+    def __reduce__(self):
+        # Raised in a Ray worker, it must arrive at the driver as itself (pickled by its fields).
+        return (type(self), (self.where, self.key, self.detail, self.kind, str(self)))
+
 
 def opt(default: Any = MISSING, help: str = "", **kw: Any) -> Any:
     """A config field with its documentation."""

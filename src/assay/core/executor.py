@@ -75,13 +75,22 @@ def executor_options(executor: str, options: Any, key: str = "executor_options")
 
 
 def ray_init(o: RayOptions):
-    """Connect to (or start) the cluster once per process."""
-    import ray
-
+    """Connect to (or start) the cluster once per process; a local cluster binds 127.0.0.1 only
+    (a Ray cluster runs whatever code reaches it)."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("executor ray: ray is not installed (pip install 'assay[ray]')") from None
     if not ray.is_initialized():
         address = o.address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="warning")
+        local = {"_node_ip_address": "127.0.0.1"} if address is None else {}
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=True,
+                     logging_level="warning", **local)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError for a bad address
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise InputError(f"executor ray: cannot start or reach the cluster "
+                             f"{address or '(local)'}: {type(exc).__name__}: {first}") from None
     return ray
 
 
@@ -110,20 +119,34 @@ def map_shards(o: Optional[RayOptions], fn: Callable[[Any], Any], payloads: Sequ
     pending = list(refs)
     try:
         while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
+            ray.get(ready)  # a failed shard stops the run now, not when the others are done
             if poll is not None:
                 poll()
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
-        # The stage's own error (a bad input in a shard) is raised as itself, one line as locally.
+        _cancel(ray, pending)
+        # The stage's own error (a bad input found in a shard) is raised as itself, one line as locally.
         cause = getattr(exc, "cause", None)
-        if isinstance(cause, Exception):
+        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
             raise cause from None
-        raise
+        raise InputError(f"executor ray: a shard failed: {_first_line(exc)}") from None
+    except ray.exceptions.RayError as exc:  # a worker lost more often than max_retries, a node gone
+        _cancel(ray, pending)
+        raise InputError(f"executor ray: a shard could not finish after {o.max_retries} retries "
+                         f"({type(exc).__name__}: {_first_line(exc)}); rerun the command to resume") from None
     except BaseException:
-        for r in pending:
-            ray.cancel(r, force=True)
+        _cancel(ray, pending)
         raise
+
+
+def _cancel(ray, refs) -> None:
+    for r in refs:
+        ray.cancel(r, force=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[-1][:300]
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -184,13 +207,16 @@ class ShardPlan:
         finally:
             bar.close()
 
-    def merge(self, cls: type, key: Callable, existing: list, order: Callable) -> int:
-        """``out`` := its own records plus the shards', each key once, sorted by ``order``; atomic."""
+    def merge(self, cls: type, key: Callable, existing: list, order: Callable,
+              keep: Callable[[Any], bool] = lambda r: True) -> int:
+        """``out`` := its own records plus the shards' that ``keep`` accepts (what this run asked
+        for), each key once, sorted by ``order``; written atomically."""
         by_key = {key(r): r for r in existing}
         for f in self.files:
             if f.exists():
                 for r in read_records(f, cls):
-                    by_key.setdefault(key(r), r)
+                    if keep(r):
+                        by_key.setdefault(key(r), r)
         rows = sorted(by_key.values(), key=order)
         tmp = Path(self.out + ".merging")
         write_records(tmp, rows)

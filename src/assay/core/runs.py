@@ -110,6 +110,20 @@ def concrete_dtypes(config: Any) -> Any:
     return config
 
 
+WHERE_IT_RAN = ("executor", "executor_options")
+"""Config keys that say where a stage's shards ran, not what they computed (a Ray run writes
+what a local run writes): left out of the config hash, so a stage done locally is not redone on
+Ray (nor the reverse), and run directories made before these keys existed still resume."""
+
+
+def _identity(config: Any) -> Any:
+    if isinstance(config, dict):
+        return {k: _identity(v) for k, v in config.items() if k not in WHERE_IT_RAN}
+    if isinstance(config, list):
+        return [_identity(v) for v in config]
+    return config
+
+
 class Run:
     """A run directory and its manifest."""
 
@@ -133,7 +147,7 @@ class Run:
     def is_done(self, name: str, config: Any, inputs: Iterable[str | Path]) -> bool:
         """``config`` as :meth:`stage` records it (a mapping, ``dtype: auto`` made concrete)."""
         st = self.manifest["stages"].get(name)
-        if not st or st.get("status") != "done" or st.get("config_hash") != config_hash(config):
+        if not st or st.get("status") != "done" or st.get("config_hash") != config_hash(_identity(config)):
             return False
         want = {i["path"]: i["sha256"] for i in st.get("inputs", [])}
         if want != {str(p): hash_path(p)["sha256"] for p in inputs}:
@@ -166,7 +180,7 @@ class Run:
             print(f"[assay] {name}: done already (inputs and config unchanged), skipped")
             return self.manifest["stages"][name]
         entry = {"status": "running", "started": _now(), "config": redact_config(config),
-                 "config_hash": config_hash(config),
+                 "config_hash": config_hash(_identity(config)),
                  "inputs": [hash_path(p) for p in inputs], "models": list(models)}
         prior = self.manifest["stages"].get(name, {})
         if prior and (prior.get("config_hash") != entry["config_hash"] or

@@ -132,6 +132,11 @@ def _lazy_generator(cfg: EvalConfig):
                 holder["g"] = make_generator(cfg.backend, cfg.model, options)
             return holder["g"].generate(groups, decoding)
 
+        def close(self):
+            g = holder.pop("g", None)
+            if g is not None and hasattr(g, "close"):
+                g.close()
+
     return Lazy()
 
 
@@ -190,6 +195,8 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
             metrics[f"maj@{row['k']}"] = row["maj_at_k"]
         tokens += sum(s.completion_tokens for s in samples)
         flops += sum(s.flops for s in samples)
+    if generator is None and gen is not None:
+        gen.close()  # a vLLM server it started goes with the stage
     result = {"model": cfg.model, "benchmark": cfg.benchmark, "protocol": proto, "metrics": metrics,
               "completion_tokens": tokens, "flops": flops, "wall_s": round(time.perf_counter() - t0, 3)}
     write_json(d / "result.json", result)

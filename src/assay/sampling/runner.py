@@ -171,7 +171,8 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
     if todo == 0:
         writer.close()
         return summary
-    if generator is None:
+    built = generator is None
+    if built:
         generator = make_generator(cfg.backend, cfg.model, backend_options(cfg))
 
     t0 = time.perf_counter()
@@ -191,5 +192,7 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
     finally:
         writer.close()
         bar.close()
+        if built and hasattr(generator, "close"):
+            generator.close()  # a vLLM server it started is stopped with the stage, not at exit
     summary["seconds"] = time.perf_counter() - t0
     return summary

@@ -69,8 +69,11 @@ def run_sharded(cfg: SampleConfig, progress: bool = True) -> dict:
     todo = len(problems) * cfg.n - sum(1 for k in done if k[1] < cfg.n)
     results = plan.run(o, _sample_shard, payloads, todo, "sample", progress=progress)
     rank = {p.id: j for j, p in enumerate(problems)}
+    # Shard files of an earlier run with a larger --limit or --n may hold more than asked now: only
+    # the asked-for records are merged (the identity records those problems' questions).
     merged = plan.merge(Sample, key, existing,
-                        lambda s: (rank.get(s.problem_id, len(rank)), s.problem_id, s.sample_index))
+                        lambda s: (rank.get(s.problem_id, len(rank)), s.problem_id, s.sample_index),
+                        keep=lambda s: s.problem_id in rank and s.sample_index < cfg.n)
     plan.cleanup()
     summary = {k: sum(r[k] for r in results) for k in ("sampled", "completion_tokens", "flops")}
     summary["seconds"] = max((r["seconds"] for r in results), default=0.0)

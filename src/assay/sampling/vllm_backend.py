@@ -11,6 +11,7 @@ samples of a group the way the HF engine's group prefill does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import weakref
 from dataclasses import dataclass, field
@@ -109,6 +110,20 @@ def _bad(key: str, detail: str) -> ConfigError:
     return ConfigError(key, key, detail)
 
 
+def _prompt_ids(tokenizer, g: PromptGroup) -> list[int]:
+    """The HF backend's prompt: the chat template through the model's tokenizer, or the raw text."""
+    if g.prompt is not None:
+        return list(tokenizer(g.prompt)["input_ids"])
+    return render_ids(g.messages, tokenizer)
+
+
+def _flops(mstats, prompt_tokens: int, completion_tokens: int, group_size: int) -> float:
+    """The HF engine's count: the prompt once per group (the prefix cache shares it), then
+    ``completion_tokens - 1`` decode passes (the last sampled token is never fed back)."""
+    prefill = models.forward_flops(mstats, prompt_tokens) / max(1, group_size)
+    return prefill + models.forward_flops(mstats, max(0, completion_tokens - 1), context_before=prompt_tokens)
+
+
 class VLLMGenerator:
     """Samples through a vLLM server it starts (and stops with :meth:`close`)."""
 
@@ -129,20 +144,15 @@ class VLLMGenerator:
                                  device=options.device, startup_timeout_s=options.startup_timeout_s)
         self.server.start()
         self._finalizer = weakref.finalize(self, self.server.stop)
+        # Closures over the tokenizer and sizes, not bound methods: the client must not keep this
+        # generator (and so its server) alive after the stage drops it.
         self.client = OpenAIGenerator(name, base_url=self.server.url, concurrency=options.max_num_seqs,
                                       max_retries=2, timeout_s=3600.0, chat=False, api_key=self.server.key,
-                                      render=self._prompt_ids, flops=self._flops)
+                                      render=functools.partial(_prompt_ids, self.tokenizer),
+                                      flops=functools.partial(_flops, self.mstats))
 
     def _prompt_ids(self, g: PromptGroup) -> list[int]:
-        if g.prompt is not None:
-            return list(self.tokenizer(g.prompt)["input_ids"])
-        return render_ids(g.messages, self.tokenizer)
-
-    def _flops(self, prompt_tokens: int, completion_tokens: int, group_size: int) -> float:
-        """The HF engine's count: the prompt once per group (the prefix cache shares it), then
-        ``completion_tokens - 1`` decode passes (the last sampled token is never fed back)."""
-        prefill = models.forward_flops(self.mstats, prompt_tokens) / max(1, group_size)
-        return prefill + models.forward_flops(self.mstats, max(0, completion_tokens - 1), context_before=prompt_tokens)
+        return _prompt_ids(self.tokenizer, g)
 
     def generate(self, groups: Sequence[PromptGroup], decoding: Decoding) -> Iterator[Generated]:
         if self.server.proc is None:

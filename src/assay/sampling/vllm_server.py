@@ -41,8 +41,8 @@ MODULE = "vllm.entrypoints.openai.api_server"
 
 def find_python(explicit: str = "") -> Optional[str]:
     """The interpreter of an environment with vLLM: ``explicit``, ``$ASSAY_VLLM_PYTHON``, this one
-    if it imports vllm, else ``.venv-vllm/bin/python`` (what ``make vllm`` builds) in the working
-    directory or the assay checkout. None if there is none."""
+    if it imports vllm, else the assay checkout's ``.venv-vllm/bin/python`` (what ``make vllm``
+    builds; never one found in whatever the working directory is). None if there is none."""
     import importlib.util
 
     for cand in (explicit, os.environ.get("ASSAY_VLLM_PYTHON", "")):
@@ -50,11 +50,8 @@ def find_python(explicit: str = "") -> Optional[str]:
             return cand
     if importlib.util.find_spec("vllm") is not None:
         return sys.executable
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        p = root / ".venv-vllm" / "bin" / "python"
-        if p.exists():
-            return str(p)
-    return None
+    p = Path(__file__).resolve().parents[3] / ".venv-vllm" / "bin" / "python"
+    return str(p) if p.exists() else None
 
 
 def cpu_bind() -> str:
@@ -71,13 +68,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# Run by the server's own interpreter before it becomes the server: on Linux, ask for SIGTERM when
+# assay dies, then exec. (A preexec_fn would do this between fork and exec, which is unsafe in a
+# threaded parent such as a Ray worker.)
+_WRAPPER = ("import os, signal, sys\n"
+            "if sys.platform.startswith('linux'):\n"
+            "    import ctypes\n"
+            "    try:\n"
+            "        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "os.execv(sys.argv[1], sys.argv[1:])\n")
 
 
 class VLLMServer:
@@ -96,6 +97,7 @@ class VLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
+        # --host and --port last: they win over anything in extra_args.
         return [self.python, "-m", MODULE, *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
 
     def start(self) -> "VLLMServer":
@@ -109,9 +111,9 @@ class VLLMServer:
               file=sys.stderr, flush=True)
         t0 = time.monotonic()
         try:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            self.proc = subprocess.Popen([self.python, "-c", _WRAPPER, *self.command()], stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
         except OSError as exc:
             raise InputError(f"vllm backend: cannot run {self.python}: {exc.strerror or exc}") from None
         finally:
@@ -151,14 +153,20 @@ class VLLMServer:
         return (errors or lines or ["empty log"])[-1][-300:]
 
     def stop(self) -> None:
+        """Stop the server's whole process group (its engine processes too, even if it exited)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
         try:
             os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
         except ProcessLookupError:
             pass
+        proc.wait()

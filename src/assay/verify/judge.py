@@ -303,16 +303,30 @@ class _LazyGenerator:
             self.g = judge_generator(self.cfg)
         return self.g.generate(groups, decoding)
 
+    def close(self) -> None:
+        g, self.g = self.g, None
+        if g is not None and hasattr(g, "close"):
+            g.close()
+
 
 def _llm_judge(cfg: JudgeConfig, cache: str) -> LLMJudge:
     return LLMJudge(_LazyGenerator(cfg), cfg.model, cfg.template, cfg.max_new_tokens, cache=cache,
                     protocol=greedy_protocol(judge_options(cfg)))
 
 
+def _judge(cfg: JudgeConfig, cache: str, items: list[dict]) -> list[Judgment]:
+    judge = _llm_judge(cfg, cache)
+    try:
+        return judge.judge(items)
+    finally:
+        judge.generator.close()  # a vLLM server it started goes with the stage
+
+
 def _judge_shard(payload: dict) -> int:
-    """One shard, in a Ray worker: judge its items into its own cache file."""
+    """One shard, in a Ray worker: judge its items into its own cache file (and its own request
+    cache: ``cfg.out`` is the shard file, so an API backend's cache lies beside it)."""
     cfg = from_mapping(JudgeConfig, payload["cfg"])
-    return len(_llm_judge(cfg, payload["cache"]).judge(payload["items"]))
+    return len(_judge(cfg, payload["cache"], payload["items"]))
 
 
 def _judge_on_ray(cfg: JudgeConfig, o, items: list[dict]) -> None:
@@ -320,11 +334,19 @@ def _judge_on_ray(cfg: JudgeConfig, o, items: list[dict]) -> None:
     shard caches are then merged into ``<out>.cache.jsonl``, from which the local pass that follows
     writes exactly what a local run writes."""
     cache = str(cfg.out) + ".cache.jsonl"
+    existing, writer = open_resumable(cache, _CacheRow, lambda r: r.key)  # a torn last line is cut
+    writer.close()
+    probe = _llm_judge(cfg, cache)
+    decoding = {**probe.decoding.as_dict(), **({"backend": probe.protocol} if probe.protocol else {})}
+    cached = {r.key for r in existing}
+    todo = list({k: it for it in items
+                 if (k := cache_key(probe.name, probe.template.id, decoding, it)) not in cached}.values())
+    if not todo:
+        return  # all answered by the cache: no Ray, no model
     plan = ShardPlan(cache, o, "judge")
-    shard_cfg = to_mapping(dataclasses.replace(cfg, executor="local", executor_options={}))
-    payloads = [{"cfg": shard_cfg, "cache": str(f), "items": items[i::plan.n]} for i, f in enumerate(plan.files)]
-    existing = read_records(cache, _CacheRow) if Path(cache).exists() else []
-    plan.run(o, _judge_shard, payloads, len(items), "item")
+    payloads = [{"cfg": to_mapping(dataclasses.replace(cfg, out=str(f), executor="local", executor_options={})),
+                 "cache": str(f), "items": todo[i::plan.n]} for i, f in enumerate(plan.files)]
+    plan.run(o, _judge_shard, payloads, len(todo), "item")
     plan.merge(_CacheRow, lambda r: r.key, existing, lambda r: r.key)
     plan.cleanup()
 
@@ -384,7 +406,7 @@ def run_judge(cfg: JudgeConfig) -> JudgeResult:
         o = executor_options(cfg.executor, cfg.executor_options)
         if o is not None:
             _judge_on_ray(cfg, o, items)
-        js = _llm_judge(cfg, str(cfg.out) + ".cache.jsonl").judge(items)
+        js = _judge(cfg, str(cfg.out) + ".cache.jsonl", items)
     write_records(cfg.out, judgments_to_dicts(js))
     fpr = false_positive_rate(js)
     write_json(str(cfg.out) + ".fpr.json", {**fpr, "judge": js[0].judge if js else None})

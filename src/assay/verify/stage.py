@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from assay.core.checks import at_least, fail, keyed, one_of, passes
+from assay.core.checks import at_least, fail, keyed, one_of
 from assay.core.config import from_mapping, load_yaml, opt, save_yaml, to_mapping
 from assay.core.executor import ShardPlan, executor_options, parse_shard
 from assay.core.hashing import short_hash
@@ -44,7 +44,6 @@ class VerifyConfig:
     timeout_s: float = opt(5.0, help="wall-clock limit per completion; an overdue one is a 'timeout' verdict")
     extractors: list[str] = opt(DEFAULT_EXTRACTORS, help="answer extractors, tried in order: " + ", ".join(EXTRACTORS))
     verifier: str = opt("auto", help="auto (reasoning_gym for rg problems, else math_verify) or one of: " + ", ".join(VERIFIERS))
-    shard: str = opt("0/1", help="'i/N': judge only the samples whose line position modulo N is i")
     executor: str = opt("local", help="where shards run: local (this process) or ray (Ray tasks, one shard per worker)")
     executor_options: dict = opt({}, help="ray: address, workers, num_cpus (also each shard's verifier processes), "
                                           "num_gpus, max_retries")
@@ -159,16 +158,17 @@ def check(c: VerifyConfig, key: str = "", skip=(), files: bool = False) -> None:
         one_of(k("extractors"), name, EXTRACTORS.names(), "answer extractor")
     one_of(k("verifier"), c.verifier, ["auto", *VERIFIERS.names()], "verifier")
     at_least(k("workers"), c.workers, 1)
-    passes(k("shard"), parse_shard, c.shard)
     executor_options(c.executor, c.executor_options, k("executor_options"))
     if c.timeout_s <= 0:
         raise fail(k("timeout_s"), f"must be positive, got {c.timeout_s!r}")
 
 
-def run_verify(cfg: VerifyConfig, progress: bool = True, skip: Iterable = ()) -> VerifyResult:
-    """Judge every sample of ``cfg.samples`` (of ``cfg.shard``) not yet judged in ``cfg.out`` (resumable).
+def run_verify(cfg: VerifyConfig, progress: bool = True, skip: Iterable = (), shard: str = "0/1") -> VerifyResult:
+    """Judge every sample of ``cfg.samples`` not yet judged in ``cfg.out`` (resumable).
 
-    ``skip``: keys judged elsewhere (a sharded run's merged output), not judged again here."""
+    For a sharded run (``executor: ray``): ``shard`` 'i/N' judges only the samples whose line
+    position modulo N is i, and ``skip`` names keys judged elsewhere (the merged output). Neither
+    is a config field: they say which part of the work this call does, not how it is judged."""
 
     o = executor_options(cfg.executor, cfg.executor_options)
     if o is not None:
@@ -185,7 +185,7 @@ def run_verify(cfg: VerifyConfig, progress: bool = True, skip: Iterable = ()) ->
         _check_done(cfg, done, numbered, by_id)
         save_yaml(config_path, cfg)
         done_keys = {key(v) for v in done} | {tuple(k) for k in skip}
-        i_shard, n_shards = parse_shard(cfg.shard)
+        i_shard, n_shards = parse_shard(shard)
         todo = [s for j, s in enumerate(samples) if j % n_shards == i_shard and key(s) not in done_keys]
         mine = len(todo) + len(done)
         verdicts = list(done)  # _check_done: every one is of a current sample
@@ -206,15 +206,13 @@ def run_verify(cfg: VerifyConfig, progress: bool = True, skip: Iterable = ()) ->
 
 def _verify_shard(payload: dict) -> dict:
     """One shard, in a Ray worker: the local stage on every N-th sample."""
-    r = run_verify(from_mapping(VerifyConfig, payload["cfg"]), progress=False, skip=payload["skip"])
+    r = run_verify(from_mapping(VerifyConfig, payload["cfg"]), progress=False, skip=payload["skip"],
+                   shard=payload["shard"])
     return dataclasses.asdict(r)
 
 
 def _run_verify_sharded(cfg: VerifyConfig, o, progress: bool) -> VerifyResult:
     """``executor: ray``: every N-th sample per Ray task, merged in the samples' order (as a local run writes)."""
-    if cfg.shard != "0/1":
-        raise InputError(f"verify: --shard {cfg.shard} with --executor {cfg.executor}: the executor makes the shards; "
-                         "pass one or the other")
     problems = read_problems(cfg.problems)
     numbered = read_numbered(cfg.samples, Sample)
     _check_samples(cfg, problems, numbered)
@@ -228,9 +226,10 @@ def _run_verify_sharded(cfg: VerifyConfig, o, progress: bool) -> VerifyResult:
     position = {key(s): j for j, (_, s) in enumerate(numbered)}
     done_keys = sorted(key(v) for v in done)
     per_shard = max(1, int(o.num_cpus))  # the task's CPUs are its verifier processes
-    payloads = [{"cfg": to_mapping(dataclasses.replace(cfg, out=str(f), shard=f"{i}/{plan.n}", executor="local",
-                                                       executor_options={}, workers=per_shard)),
-                 "skip": [k for k in done_keys if position[k] % plan.n == i]} for i, f in enumerate(plan.files)]
+    payloads = [{"cfg": to_mapping(dataclasses.replace(cfg, out=str(f), executor="local", executor_options={},
+                                                       workers=per_shard)),
+                 "shard": f"{i}/{plan.n}", "skip": [k for k in done_keys if position[k] % plan.n == i]}
+                for i, f in enumerate(plan.files)]
     plan.run(o, _verify_shard, payloads, len(numbered) - len(done), "sample", progress=progress)
     plan.merge(Verdict, key, done, lambda v: position[key(v)])
     plan.cleanup()
