@@ -31,6 +31,18 @@ from assay.models import load, resolve, stats_for
 from assay.train import step_flops
 
 
+def _rows(x, in_dim: int, out_dim: int):
+    """A projector's input as a float32 (rows x in_dim) matrix, whether it was one row, and zeros for the output."""
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float32)
+    squeeze = x.dim() == 1
+    x = x.reshape(1, -1) if squeeze else x
+    if x.shape[1] != in_dim:
+        raise ValueError(f"expected {in_dim} features, got {x.shape[1]}")
+    return x, squeeze, torch.zeros(x.shape[0], out_dim)
+
+
 class BlockProjector:
     """x (n x D) -> x P^T (n x d) with P a seeded Rademacher matrix scaled by 1/sqrt(d), in column blocks."""
 
@@ -47,14 +59,7 @@ class BlockProjector:
         return (signs.to(torch.float32) * 2 - 1) / math.sqrt(self.out_dim)
 
     def __call__(self, x):
-        import torch
-
-        x = torch.as_tensor(x, dtype=torch.float32)
-        squeeze = x.dim() == 1
-        x = x.reshape(1, -1) if squeeze else x
-        if x.shape[1] != self.in_dim:
-            raise ValueError(f"expected {self.in_dim} features, got {x.shape[1]}")
-        out = torch.zeros(x.shape[0], self.out_dim)
+        x, squeeze, out = _rows(x, self.in_dim, self.out_dim)
         for b, start in enumerate(range(0, self.in_dim, self.block)):
             stop = min(start + self.block, self.in_dim)
             out += x[:, start:stop] @ self._block(b, stop - start).T
@@ -81,14 +86,7 @@ class SparseSignProjector:
         self.sign = (torch.randint(0, 2, (s, in_dim), generator=g, dtype=torch.int8).to(torch.float32) * 2 - 1) / math.sqrt(s)
 
     def __call__(self, x):
-        import torch
-
-        x = torch.as_tensor(x, dtype=torch.float32)
-        squeeze = x.dim() == 1
-        x = x.reshape(1, -1) if squeeze else x
-        if x.shape[1] != self.in_dim:
-            raise ValueError(f"expected {self.in_dim} features, got {x.shape[1]}")
-        out = torch.zeros(x.shape[0], self.out_dim)
+        x, squeeze, out = _rows(x, self.in_dim, self.out_dim)
         for j in range(self.s):
             out.index_add_(1, self.index[j], x * self.sign[j])
         return out[0] if squeeze else out
