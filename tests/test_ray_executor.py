@@ -97,8 +97,14 @@ def test_ray_output_equals_the_in_process_output(cluster, tiny_model_dir, tmp_pa
     assert more["sampled"] == 10 and len(_keys_once(out)) == 40
 
 
-def test_bad_input_in_a_shard_is_the_stage_error_not_a_ray_traceback(cluster, tiny_model_dir, tmp_path):
+def test_bad_input_in_a_shard_is_the_stage_error_not_a_ray_traceback(cluster, tiny_model_dir, tmp_path, capsys):
     _problems(tmp_path / "p.jsonl", 4)
+    from assay.cli import main
+
+    assert main(["sample", "--problems", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                 "--model", str(tiny_model_dir), "--executor", "rya"]) == 2
+    err = capsys.readouterr().err
+    assert "--executor" in err and "did you mean 'ray'" in err and "Traceback" not in err
     with pytest.raises(InputError, match="executor_options.wokers.*did you mean 'workers'"):
         run_sampling_on(_cfg(tmp_path, tiny_model_dir, tmp_path / "o.jsonl", executor="ray",
                              executor_options={"wokers": 2}))

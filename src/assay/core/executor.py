@@ -44,7 +44,8 @@ class RayOptions:
 def executor_options(executor: str, options: Any, key: str = "executor_options") -> Optional[RayOptions]:
     """The checked options of ``executor`` (None for local); errors name ``key.<option>``."""
     if executor not in EXECUTORS:
-        raise ConfigError("executor", "executor", f"'{executor}' is not an executor{did_you_mean(executor, list(EXECUTORS))}")
+        at = key[: -len("executor_options")] + "executor" if key.endswith("executor_options") else "executor"
+        raise ConfigError(at, at, f"'{executor}' is not an executor{did_you_mean(executor, list(EXECUTORS))}")
     if executor == "local":
         if options:
             raise ConfigError(key, key, "the local executor takes no options")
