@@ -25,8 +25,9 @@ TEACHERS = {
 
 @pytest.mark.parametrize("name", sorted(TEACHERS))
 def test_teacher_loads_renders_its_template_and_the_engine_matches_generate(name):
-    from assay.data.prompts import TEMPLATES, render_ids
     from test_slow_real_models import _assert_engine_matches_generate
+
+    from assay.data.prompts import TEMPLATES, render_ids
 
     n_params, n_layers, module = TEACHERS[name]
     if importlib.util.find_spec(module) is None and not (models.cache_dir() / "models" / name).exists():

@@ -144,15 +144,13 @@ def _check_resume(existing: list[Sample], cfg: SampleConfig, decoding: Decoding,
     write_json(side, {"identity": ident, "questions": questions, "file_hashes": hashes.entries})
 
 
-def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progress: bool = True,
-                 skip: Iterable[tuple[str, int]] = ()) -> dict:
-    """Sample what is missing from ``cfg.out``; returns a summary of this invocation.
-
-    ``skip``: keys done elsewhere (a sharded run's merged output), not sampled again here."""
+def open_output(cfg: SampleConfig, shard: str) -> tuple:
+    """Check the inputs and resume ``cfg.out`` as :func:`run_sampling` and the sharded runner both
+    do: (the selected problems, the decoding, the samples already there, the open writer)."""
     all_problems = read_problems(cfg.problems)
     if not all_problems:
         raise InputError(f"{cfg.problems}: no problems in it (the file is empty); nothing to sample")
-    problems = select_problems(all_problems, cfg.limit, cfg.shard)
+    problems = select_problems(all_problems, cfg.limit, shard)
     if cfg.n < 1:
         raise InputError(f"n={cfg.n}: need at least one sample per problem")
     TEMPLATES.get(cfg.template)
@@ -164,6 +162,15 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
         writer.close()
         raise
     save_yaml(Path(cfg.out).with_name(Path(cfg.out).name + ".config.yaml"), to_mapping(cfg))
+    return problems, decoding, existing, writer
+
+
+def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progress: bool = True,
+                 skip: Iterable[tuple[str, int]] = ()) -> dict:
+    """Sample what is missing from ``cfg.out``; returns a summary of this invocation.
+
+    ``skip``: keys done elsewhere (a sharded run's merged output), not sampled again here."""
+    problems, decoding, existing, writer = open_output(cfg, cfg.shard)
     done = {key(s) for s in existing}
     groups = plan_groups(problems, cfg.n, cfg.seed, cfg.template, done | {tuple(k) for k in skip})
     todo = sum(len(g.samples) for g in groups)

@@ -14,14 +14,12 @@ After a merge the shard files this run recorded are deleted, and nothing else.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-from assay.core.config import from_mapping, save_yaml, to_mapping
+from assay.core.config import from_mapping, to_mapping
 from assay.core.executor import ShardPlan, executor_options
-from assay.core.io import InputError, open_resumable, read_problems
+from assay.core.io import InputError
 from assay.core.records import Sample, key
-from assay.sampling.base import Decoding
-from assay.sampling.runner import SampleConfig, _check_resume, run_sampling, select_problems
+from assay.sampling.runner import SampleConfig, open_output, run_sampling
 
 
 def run_sampling_on(cfg: SampleConfig, generator=None, progress: bool = True) -> dict:
@@ -45,17 +43,8 @@ def run_sharded(cfg: SampleConfig, progress: bool = True) -> dict:
     if cfg.shard != "0/1":
         raise InputError(f"sample: --shard {cfg.shard} with --executor {cfg.executor}: the executor makes the shards; "
                          "pass one or the other")
-    all_problems = read_problems(cfg.problems)
-    if not all_problems:
-        raise InputError(f"{cfg.problems}: no problems in it (the file is empty); nothing to sample")
-    problems = select_problems(all_problems, cfg.limit, "0/1")
-    decoding = Decoding(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
-    existing, writer = open_resumable(cfg.out, Sample, key)
-    try:
-        _check_resume(existing, cfg, decoding, all_problems, problems)
-    finally:
-        writer.close()
-    save_yaml(Path(cfg.out).with_name(Path(cfg.out).name + ".config.yaml"), to_mapping(cfg))
+    problems, _, existing, writer = open_output(cfg, "0/1")
+    writer.close()  # the shards write; the merge replaces out whole
 
     plan = ShardPlan(cfg.out, o, "sample")
     n = plan.n
