@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
-from assay.core.io import InputError, read_records
+from assay.core.io import read_records
 from assay.core.records import Problem, Sample, Verdict
 from assay.sampling.plan import Arm, samples_for_budget
 
@@ -41,7 +40,7 @@ def test_study_matches_realized_flops_and_writes_report(two_tiny, tmp_path):
     wc, se = two_tiny
     run = tmp_path / "study"
     args = ["study", "sampling", f"wc={wc}", f"se={se}", "problems=10", "k_se=2", "completion_tokens=8",
-            "max_new_tokens=8", f"run_dir={run}", "judge=export"]
+            "max_new_tokens=8", f"run_dir={run}", "judge=export", "students=false"]
     assert main(args) == 0
     study = json.loads((run / "study.json").read_text())
     plan = json.loads((run / "plan.json").read_text())
@@ -78,27 +77,85 @@ def test_study_with_llm_judge_and_students(two_tiny, tmp_path):
 
     wc, se = two_tiny
     base = dict(wc=wc, se=se, pool_size=6, k_se=1, completion_tokens=8, max_new_tokens=6, judge=wc, students=True,
-                heldout_size=4, train=TrainConfig(max_steps=1, batch_size=2))
-    # The tiny models solve nothing: with the default selection there is nothing to train on,
-    # and the study says so (at the first setup's SFT file) instead of training on nothing.
-    first = tmp_path / "s" / "knowledge_distillation.sft.jsonl"
-    with pytest.raises(InputError, match=re.escape(f"{first}: no training examples")):
-        run(StudySamplingConfig(run_dir=str(tmp_path / "s"), **base))
-    # Random selection exercises the three student setups end to end.
+                heldout_size=4, train=TrainConfig(batch_size=2), train_steps=1, kd_student=wc,
+                setups=["knowledge_distillation", "self_improvement", "weak_to_strong"])
+    # The tiny models solve nothing: with the default selection there is nothing to train on, and
+    # the study says so in its results and report instead of training on nothing.
+    empty = run(StudySamplingConfig(run_dir=str(tmp_path / "s"), **base))
+    assert all(r[arm] == {"examples": 0, "skipped": "no examples"} for r in empty["students"].values()
+               for arm in ("WC", "SE"))
+    assert not list((tmp_path / "s").glob("*.student"))
+    assert "no data to train on" in (tmp_path / "s" / "report.md").read_text()
+    # Random selection exercises the three setups end to end, each student on both arms' data.
     results = run(StudySamplingConfig(run_dir=str(tmp_path / "r"), student_selectors=["random:4"], **base))
-    assert set(results["students"]) == {"knowledge_distillation", "self_improvement", "weak_to_strong"}
-    assert results["students"]["weak_to_strong"]["student"] == se
-    assert results["students"]["knowledge_distillation"]["data"] == "SE"
+    st = results["students"]
+    assert set(st) == {"knowledge_distillation", "self_improvement", "weak_to_strong"}
+    assert st["weak_to_strong"]["student"] == se and st["self_improvement"]["student"] == wc
     n_held = len(read_records(tmp_path / "r" / "heldout.jsonl", Problem))
-    for setup in results["students"]:
-        assert (tmp_path / "r" / f"{setup}.student" / "train_summary.json").exists()
-        # Before and after are the greedy accuracies in the evaluations' own verdict files.
-        for when in ("before", "after"):
-            folder = tmp_path / "r" / f"eval.{setup}.{'base' if when == 'before' else 'trained'}"
-            v = read_records(folder / "greedy.verdicts.jsonl", Verdict)
-            assert len(v) == n_held and results["students"][setup][when] == sum(x.correct for x in v) / len(v)
+    for setup, r in st.items():
+        for arm in ("WC", "SE"):
+            summ = json.loads((tmp_path / "r" / f"{setup}.{arm}.student" / "train_summary.json").read_text())
+            assert summ["steps"] == 1  # the same step budget for both arms' data
+            v = read_records(tmp_path / "r" / f"eval.{setup}.{arm}" / "greedy.verdicts.jsonl", Verdict)
+            assert len(v) == n_held and r[arm]["greedy_pass@1"] == sum(x.correct for x in v) / len(v)
+        # WC data against SE data, paired on the held-out problems.
+        assert r["WC"][f"vs_{setup}.SE"]["gain"] == pytest.approx(r["WC"]["greedy_pass@1"] - r["SE"]["greedy_pass@1"])
     # No answer-correct samples, so the LLM judge had nothing to judge: FPR undefined, n = 0.
     assert results["WC"]["fpr"]["judged"] == 0 and results["WC"]["fpr"]["fpr"] is None
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "the paper's finding" in report and "weak-to-strong" in report
+
+
+def test_judge_agreement_with_human_labels_hand_computed():
+    from assay.studies.sampling import agreement
+    from assay.verify.judge import Judgment
+
+    def j(i, valid, who="llm:x"):
+        return Judgment("p", i, who, valid, "t")
+
+    human = {("p", i): j(i, v, "human") for i, v in enumerate([True, True, True, False, False, True])}
+    judged = [j(0, True), j(1, True), j(2, False), j(3, False), j(4, True), j(5, None), j(9, False)]
+    a = agreement(judged, human)
+    # pairs (human, judge): TT TT TF FF FT T-: 5 with a verdict, 3 agree; item 9 has no label.
+    assert a["n"] == 6 and a["unparsed"] == 1 and a["agreement"] == pytest.approx(3 / 5)
+    assert a["confusion"]["human_valid_judge_valid"] == 2 and a["confusion"]["human_valid_judge_invalid"] == 1
+    assert a["confusion"]["human_invalid_judge_valid"] == 1 and a["confusion"]["human_valid_judge_none"] == 1
+    po, ph, pj = 3 / 5, 3 / 5, 3 / 5
+    pe = ph * pj + (1 - ph) * (1 - pj)
+    assert a["kappa"] == pytest.approx((po - pe) / (1 - pe))
+    assert a["human_fpr"] == pytest.approx(2 / 6) and a["judge_fpr"] == pytest.approx(2 / 5)
+    assert agreement(judged, {})["n"] == 0
+
+
+def test_paper_rows_say_reproduces_only_when_the_interval_excludes_zero():
+    from assay.studies.sampling import _paired_arms
+    from assay.studies.sampling_report import paper_rows
+
+    per = lambda cov, dist: {f"q{i}": {"covered": c, "distinct": d} for i, (c, d) in enumerate(zip(cov, dist))}  # noqa: E731
+    res = {"WC": {"per_problem": per([1] * 30, [3] * 30)}, "SE": {"per_problem": per([1] * 10 + [0] * 20, [1] * 30)}}
+    res["paired"] = _paired_arms(res)
+    rows = {a: c for a, _, c in paper_rows(res)}
+    assert rows["WC has higher coverage at matched compute"] == "reproduces"
+    assert res["paired"]["coverage_wc_minus_se"]["only_after"] == 20
+    assert rows["WC has higher diversity (distinct correct per problem)"] == "reproduces"
+    res = {"WC": {"per_problem": per([1, 0] * 10, [1] * 20)}, "SE": {"per_problem": per([0, 1] * 10, [1] * 20)}}
+    res["paired"] = _paired_arms(res)
+    rows = {a: c for a, _, c in paper_rows(res)}
+    assert rows["WC has higher coverage at matched compute"].startswith("not reproduced")
+
+
+def test_a_labelled_audit_sheet_is_never_overwritten(tmp_path):
+    from assay.studies.sampling import _export_unless_labelled
+    from assay.verify.judge import import_audit
+
+    items = [{"problem_id": "p", "sample_index": 0, "question": "q", "reference": "1", "solution": "s"}]
+    f = tmp_path / "WC.audit.csv"
+    _export_unless_labelled(items, f)
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join([lines[0], lines[1] + "valid"]) + "\n")
+    assert [j.valid for j in import_audit(f)] == [True]
+    _export_unless_labelled(items + items, f)
+    assert [j.valid for j in import_audit(f)] == [True]
 
 
 def test_study_killed_mid_sampling_resumes_without_duplicates(two_tiny, tmp_path):
@@ -111,7 +168,8 @@ def test_study_killed_mid_sampling_resumes_without_duplicates(two_tiny, tmp_path
     wc, se = two_tiny
     run = tmp_path / "k"
     cmd = [sys.executable, "-m", "assay.cli", "study", "sampling", f"wc={wc}", f"se={se}", "problems=40", "k_se=2",
-           "completion_tokens=24", "max_new_tokens=24", "stop=[]", "temperature=1.0", f"run_dir={run}"]
+           "completion_tokens=24", "max_new_tokens=24", "stop=[]", "temperature=1.0", f"run_dir={run}",
+           "judge=export", "students=false"]
     raw = run / "WC.samples.jsonl.all.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

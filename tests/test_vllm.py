@@ -86,6 +86,26 @@ def test_managed_server_gets_token_ids_seeds_and_the_key(fake_env, tiny_model_di
         gen.generate([group], Decoding())
 
 
+def test_budget_forcing_continues_on_the_server_from_token_ids(fake_env, tiny_model_dir, tiny):
+    from assay.data.prompts import render_ids
+    from assay.sampling.forcing import BudgetForcing, ForcedGenerator
+
+    gen = make_generator("vllm", str(tiny_model_dir), _opts(fake_env))
+    try:
+        msgs = [{"role": "user", "content": "What is 2 + 2?"}]
+        f = BudgetForcing(max_tokens=3, answer_tokens=2)
+        (g,) = ForcedGenerator(gen, f).generate([PromptGroup("p", msgs, [(0, 11)])], Decoding(max_new_tokens=50))
+    finally:
+        gen.close()
+    tok = tiny[1]
+    n = len(render_ids(msgs, tok))
+    think, sep, answer = g.text.partition("\n\nFinal Answer:")
+    assert sep and think == f"n={n} seed=11" and g.forcing["cut"] and g.forcing["rounds"] == 2
+    # The answer round's prompt was the rendered prompt, then the thinking and the prefix as tokens.
+    grown = n + len(tok(think + sep, add_special_tokens=False)["input_ids"])
+    assert answer.startswith(f"n={grown} seed=") and g.completion_tokens == 6 and g.prompt_tokens == n
+
+
 def test_a_server_that_cannot_start_is_one_line_naming_its_log(fake_env, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("FAKE_VLLM_FAIL", "1")
     with pytest.raises(InputError) as exc:
@@ -137,10 +157,20 @@ def _greedy(gen, problems, template="plain-v1"):
 @pytest.mark.slow
 @needs_vllm
 def test_real_vllm_fp32_greedy_equals_the_hf_backend_and_seeds_make_draws_batch_independent():
+    from assay.sampling.forcing import BudgetForcing, ForcedGenerator
+
     problems = _chain_problems(40)
-    hf = _greedy(make_generator("hf", "smollm2-135m-instruct", {"dtype": "float32"}), problems)
+    hf_gen = make_generator("hf", "smollm2-135m-instruct", {"dtype": "float32"})
+    hf = _greedy(hf_gen, problems)
+    # Budget forcing, both ways: a cut at 12 thinking tokens, and a minimum of 48 with up to 2 waits.
+    forcings = [BudgetForcing(max_tokens=12, answer_tokens=8), BudgetForcing(min_tokens=48, waits=2, max_tokens=96)]
+    hf_forced = [_greedy(ForcedGenerator(hf_gen, f), problems[:16]) for f in forcings]
     gen = make_generator("vllm", "smollm2-135m-instruct", {"dtype": "float32"})
     try:
+        for f, want in zip(forcings, hf_forced):
+            got = _greedy(ForcedGenerator(gen, f), problems[:16])
+            assert {k: (g.text, g.forcing) for k, g in got.items()} == {k: (g.text, g.forcing) for k, g in want.items()}
+            assert any(g.forcing["cut" if f.max_tokens == 12 else "waits"] for g in got.values())
         vl = _greedy(gen, problems)
         same = [k for k in hf if hf[k].text == vl[k].text]
         print(f"fp32 greedy: vLLM == HF on {len(same)}/{len(hf)}")

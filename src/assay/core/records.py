@@ -60,6 +60,9 @@ class Sample:
     """temperature, top_p, max_new_tokens, stop: what the sampler was asked for."""
     seed: int
     """The per-sample seed; with the same model and decoding it reproduces the sample."""
+    forcing: Optional[dict[str, Any]] = None
+    """Under budget forcing (``decoding.forcing``): thinking_tokens, answer_tokens, waits (times a
+    stop was overridden), cut (the thinking was cut at its maximum), rounds; else None."""
 
     kind: ClassVar[str] = "sample"
 

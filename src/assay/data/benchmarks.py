@@ -43,9 +43,14 @@ for _name, _desc in (("gsm8k-test", "GSM8K test, 1319 grade-school word problems
 # Reasoning-gym sets: generator seed 10_000 so that item i comes from seed 10_000 + i, disjoint
 # from training pools drawn with small seeds (0..9_999 - size); see ProblemsConfig.seed.
 CHAIN_SUM_SMALL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+CHAIN_SUM_3_4 = {"min_terms": 3, "max_terms": 4, "min_digits": 1, "max_digits": 2}
 BENCHMARKS.add("rg-chain-sum-v1", Benchmark(
     "rg:chain_sum", "reasoning-gym chain_sum, 2 terms of 1-2 digits, distinct questions (the quickstart's "
     "held-out set is its first rows)", CHAIN_SUM_SMALL, seed=10_000, size=500, distinct=True))
+BENCHMARKS.add("rg-chain-sum-3-4-v1", Benchmark(
+    "rg:chain_sum", "reasoning-gym chain_sum, 3-4 terms of 1-2 digits, distinct questions (multi-step sums "
+    "for the teacher tier)", CHAIN_SUM_3_4,
+    seed=10_000, size=500, distinct=True))
 BENCHMARKS.add("rg-basic-arithmetic-v1", Benchmark(
     "rg:basic_arithmetic", "reasoning-gym basic_arithmetic, 2-4 terms, 1-2 digits, with parentheses",
     {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2, "allow_parentheses": True},

@@ -50,5 +50,15 @@ def render_ids(msgs: list[dict], tokenizer) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
+def prompt_ids(tokenizer, messages: list[dict], prompt: Optional[str] = None, continuation: str = "") -> list[int]:
+    """A request's token ids as the local backends build them: the raw ``prompt`` or the chat
+    ``messages`` rendered, then the ``continuation`` (text the completion already has) tokenized
+    without special tokens, so the model goes on from it."""
+    ids = list(tokenizer(prompt)["input_ids"]) if prompt is not None else render_ids(messages, tokenizer)
+    if continuation:
+        ids += list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+    return ids
+
+
 def check_template(key: str, template: str) -> None:
     one_of(key, template, TEMPLATES.names(), "prompt template")

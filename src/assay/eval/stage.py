@@ -17,10 +17,11 @@ problem JSONL path works too (it is hashed like any other).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,6 +39,7 @@ from assay.eval.stats import paired_comparison, wilson
 from assay.models import DEFAULT_MODEL, check_model
 from assay.sampling import SampleConfig
 from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
+from assay.sampling.forcing import BudgetForcing, check_forcing
 from assay.sampling.sharded import run_sampling_on
 from assay.verify import stage as verify
 from assay.verify.extract import DEFAULT_EXTRACTORS
@@ -72,6 +74,9 @@ class EvalConfig:
     trust_remote_code: bool = opt(False, help="allow custom model code from the model folder (off by default)")
     executor: str = opt("local", help="where the sampling shards run: local or ray (see `assay sample --help`)")
     executor_options: dict = opt({}, help="ray: address, workers, num_cpus, num_gpus, max_retries")
+    forcing: BudgetForcing = field(default_factory=BudgetForcing, metadata={"help": (
+        "s1 budget forcing, off by default (see `assay sample --help`): forcing.min_tokens=512 forcing.waits=2, "
+        "forcing.max_tokens=256; part of the protocol")})
 
 
 def problems_hash(problems: list[Problem]) -> str:
@@ -96,6 +101,9 @@ def protocol(cfg: EvalConfig, problems: list[Problem]) -> dict:
         "backend": cfg.backend, "backend_options": greedy_protocol(eval_options(cfg)),
         "verifier": "auto", "extractors": list(DEFAULT_EXTRACTORS),
     }
+    if cfg.forcing.active:
+        # Only when on: unforced protocols keep the ids they had before forcing existed.
+        p["forcing"] = dataclasses.asdict(cfg.forcing)
     p["protocol_id"] = hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]
     return p
 
@@ -107,7 +115,7 @@ def _sample_and_verify(cfg: EvalConfig, d: Path, tag: str, n: int, temperature: 
                         max_batch=cfg.max_batch, dtype=cfg.dtype, device=cfg.device,
                         trust_remote_code=cfg.trust_remote_code, backend=cfg.backend, base_url=cfg.base_url,
                         backend_options=dict(cfg.backend_options), executor=cfg.executor,
-                        executor_options=dict(cfg.executor_options))
+                        executor_options=dict(cfg.executor_options), forcing=cfg.forcing)
     summary = run_sampling_on(scfg, generator=generator)
     vcfg = verify.VerifyConfig(problems=scfg.problems, samples=scfg.out, out=str(d / f"{tag}.verdicts.jsonl"))
     verify.cli_run(vcfg)
@@ -127,6 +135,8 @@ def _lazy_generator(cfg: EvalConfig):
     holder: dict[str, Any] = {}
 
     class Lazy:
+        model_name = cfg.model
+
         def generate(self, groups, decoding):
             if "g" not in holder:
                 holder["g"] = make_generator(cfg.backend, cfg.model, options)
@@ -152,8 +162,10 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
     if old.exists() and any((d / f).exists() for f in ("greedy.samples.jsonl", "sampled.samples.jsonl")):
         prev = load_yaml(old)
         # Where the shards ran does not change a result.
+        # A key an older assay did not write had its default then (forcing: off).
+        defaults = to_mapping(EvalConfig())
         changed = sorted(k for k, v in to_mapping(cfg).items()
-                         if prev.get(k) != v and k not in ("executor", "executor_options"))
+                         if prev.get(k, defaults.get(k)) != v and k not in ("executor", "executor_options"))
         if changed:
             raise InputError(f"{d}: holds an evaluation made with other settings ({', '.join(changed)}); "
                              "choose another --out or delete it")
@@ -182,6 +194,11 @@ def run_eval(cfg: EvalConfig, generator=None) -> dict:
         metrics["greedy_ci95"] = list(wilson(c, len(verdicts)))
         metrics["greedy_correct"] = c
         metrics["greedy_mean_tokens"] = sum(s.completion_tokens for s in samples) / len(samples)
+        if cfg.forcing.active:
+            fs = [s.forcing or {} for s in samples]
+            metrics["greedy_mean_thinking_tokens"] = sum(f.get("thinking_tokens", 0) for f in fs) / len(fs)
+            metrics["greedy_forced_waits"] = sum(f.get("waits", 0) for f in fs)
+            metrics["greedy_forced_cuts"] = sum(bool(f.get("cut")) for f in fs)
         tokens += sum(s.completion_tokens for s in samples)
         flops += sum(s.flops for s in samples)
         per_problem["greedy"] = {v.problem_id: v.correct for v in verdicts}
@@ -217,7 +234,8 @@ def compare(before: str | Path, after: str | Path) -> dict:
     before, after = (Path(p).parent if Path(p).is_file() else Path(p) for p in (before, after))
     a, b = load_result(before), load_result(after)
     if a["protocol"]["protocol_id"] != b["protocol"]["protocol_id"]:
-        diff = sorted(k for k in a["protocol"] if a["protocol"].get(k) != b["protocol"].get(k) and k != "protocol_id")
+        diff = sorted(k for k in {**a["protocol"], **b["protocol"]}
+                      if a["protocol"].get(k) != b["protocol"].get(k) and k != "protocol_id")
         raise InputError(f"{before} and {after} were evaluated under different protocols (differ in: {', '.join(diff)})")
     pa = json.loads((before / "per_problem.json").read_text()).get("greedy")
     pb = json.loads((after / "per_problem.json").read_text()).get("greedy")
@@ -249,6 +267,7 @@ def check(c: EvalConfig, key: str = "", skip=(), files: bool = False) -> None:
     at_least(k("max_batch"), c.max_batch, 1)
     at_least(k("n"), c.n, 0)
     executor_options(c.executor, c.executor_options, k("executor_options"))
+    check_forcing(lambda n: k(f"forcing.{n}"), c.forcing)
     if not c.greedy and c.n < 1:
         raise fail(k("greedy"), "nothing to evaluate: greedy=false and n=0")
     if "limit" not in skip and c.limit is not None:

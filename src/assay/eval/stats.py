@@ -43,3 +43,17 @@ def paired_comparison(before: dict[str, bool], after: dict[str, bool]) -> dict:
     return {"n": n, "before": acc_a, "after": acc_b, "gain": acc_b - acc_a,
             "gain_ci95": [acc_b - acc_a - half, acc_b - acc_a + half], "only_before": only_a,
             "only_after": only_b, "p_value": mcnemar_exact(only_a, only_b)}
+
+
+def paired_mean_difference(a: dict[str, float], b: dict[str, float]) -> dict:
+    """Mean of b - a over the keys both have, with a normal 95% interval of the paired differences
+    (for per-problem counts such as distinct correct solutions, where McNemar does not apply)."""
+    ids = sorted(set(a) & set(b))
+    n = len(ids)
+    if n == 0:
+        return {"n": 0, "diff": None, "ci95": None}
+    d = [b[i] - a[i] for i in ids]
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n)
+    return {"n": n, "diff": mean, "ci95": [mean - half, mean + half]}

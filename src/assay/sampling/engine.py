@@ -39,6 +39,8 @@ class GroupRequest:
     prompt_ids: list[int]
     samples: list[tuple[int, int]]
     """(sample_index, seed) pairs still to produce."""
+    max_new_tokens: Optional[int] = None
+    """This group's completion limit, over the engine's."""
 
 @dataclass
 class Completion:
@@ -117,6 +119,7 @@ class _Row:
     gen: torch.Generator
     prompt_len: int
     prefill_flops_share: float
+    max_new: int = 256
     tokens: list[int] = field(default_factory=list)
     done: Optional[str] = None
     text: Optional[str] = None
@@ -246,7 +249,7 @@ class ContinuousBatcher:
             tail = self.tok.decode(row.tokens[-self._stop_tail :], skip_special_tokens=False)
             if any(s in tail for s in self.stop):
                 row.done = "stop"
-        if row.done is None and len(row.tokens) >= self.max_new:
+        if row.done is None and len(row.tokens) >= row.max_new:
             row.done = "length"
 
     def _completion(self, row: _Row) -> Completion:
@@ -269,7 +272,8 @@ class ContinuousBatcher:
     @torch.inference_mode()
     def run(self, requests: Iterable[GroupRequest]) -> Iterator[Completion]:
         """Yield completions as they finish (not in request order)."""
-        queue = deque(GroupRequest(r.group_id, list(r.prompt_ids), list(r.samples)) for r in requests if r.samples)
+        queue = deque(GroupRequest(r.group_id, list(r.prompt_ids), list(r.samples), r.max_new_tokens)
+                      for r in requests if r.samples)
         # A group admitted only partly keeps its prefill here, so its prompt is prefilled once.
         self._pending: dict[str, tuple] = {}
         rows: list[_Row] = []
@@ -356,7 +360,8 @@ class ContinuousBatcher:
             m[:, L - pl :] = 1
             for si, seed in take:
                 gen = torch.Generator(device=self.device).manual_seed(seed)
-                rows.append(_Row(g.group_id, si, seed, gen, pl, share))
+                rows.append(_Row(g.group_id, si, seed, gen, pl, share,
+                                 g.max_new_tokens if g.max_new_tokens is not None else self.max_new))
                 logits_rows.append(lg)
                 masks.append(m)
             for li, (k, v) in enumerate(kv):

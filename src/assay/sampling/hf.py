@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 from assay import models
-from assay.data.prompts import render_ids
+from assay.data.prompts import prompt_ids
 from assay.sampling.base import Decoding, Generated, PromptGroup
 from assay.sampling.engine import ContinuousBatcher, EngineStats, GroupRequest
 
@@ -33,9 +33,7 @@ class HFGenerator:
         return self
 
     def _prompt_ids(self, g: PromptGroup) -> list[int]:
-        if g.prompt is not None:
-            return list(self.tokenizer(g.prompt)["input_ids"])
-        return render_ids(g.messages, self.tokenizer)
+        return prompt_ids(self.tokenizer, g.messages, g.prompt, g.continuation)
 
     def generate(self, groups: Sequence[PromptGroup], decoding: Decoding) -> Iterator[Generated]:
         engine = ContinuousBatcher(
@@ -43,7 +41,7 @@ class HFGenerator:
             max_new_tokens=decoding.max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
             stop=decoding.stop, refill_fraction=self.refill_fraction)
         self.engine_stats = engine.stats
-        requests = (GroupRequest(g.problem_id, self._prompt_ids(g), g.samples) for g in groups)
+        requests = (GroupRequest(g.problem_id, self._prompt_ids(g), g.samples, g.max_new_tokens) for g in groups)
         for c in engine.run(requests):
             yield Generated(c.group_id, c.sample_index, c.seed, c.text, c.prompt_tokens, c.completion_tokens,
                             c.flops, c.finish_reason)

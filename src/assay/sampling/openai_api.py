@@ -140,15 +140,20 @@ class OpenAIGenerator:
 
     def _payload(self, g: PromptGroup, seed: int, decoding: Decoding) -> tuple[str, dict]:
         p = {"model": self.model_name, "temperature": decoding.temperature, "top_p": decoding.top_p,
-             "max_tokens": decoding.max_new_tokens, "n": 1, "seed": seed}
+             "max_tokens": g.max_new_tokens or decoding.max_new_tokens, "n": 1, "seed": seed}
         if decoding.stop:
             p["stop"] = list(decoding.stop)
         if self._render is not None:
             p["prompt"] = self._render(g)
             return "completions", p
         if g.prompt is not None or not self.chat:
-            p["prompt"] = g.prompt if g.prompt is not None else "\n\n".join(m["content"] for m in g.messages)
+            p["prompt"] = (g.prompt if g.prompt is not None else "\n\n".join(m["content"] for m in g.messages)) \
+                + g.continuation
             return "completions", p
+        if g.continuation:
+            # A chat API answers a conversation; it cannot be made to go on from a partial answer.
+            raise InputError("openai backend: budget forcing continues a completion, which the chat API cannot; "
+                             "use backend_options.chat=false (the completions API), or the hf or vllm backend")
         p["messages"] = g.messages
         return "chat/completions", p
 

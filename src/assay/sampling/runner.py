@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -32,6 +32,7 @@ from assay.data.prompts import TEMPLATES
 from assay.models import DEFAULT_MODEL, model_identity
 from assay.sampling.backends import make_generator, options_of, protocol_options
 from assay.sampling.base import Decoding, Generator, PromptGroup
+from assay.sampling.forcing import BudgetForcing, decoding_with, forced
 
 
 @dataclass
@@ -64,6 +65,9 @@ class SampleConfig:
                                            "(0: as many as fit), num_cpus, num_gpus per shard, max_retries"))
     budget: str = opt("", help=("sample until this many FLOPs are realized, then trim to it (e.g. 1e15); n is the "
                                 "starting guess (see `assay plan`); raw samples go to <out>.all.jsonl"))
+    forcing: BudgetForcing = field(default_factory=BudgetForcing, metadata={"help": (
+        "s1 budget forcing (assay.sampling.forcing), off by default: forcing.min_tokens, forcing.waits, "
+        "forcing.max_tokens, forcing.wait_text, forcing.answer_prefix, forcing.answer_tokens")})
 
 
 def sample_seed(base: int, problem_id: str, sample_index: int) -> int:
@@ -154,7 +158,7 @@ def open_output(cfg: SampleConfig, shard: str) -> tuple:
     if cfg.n < 1:
         raise InputError(f"n={cfg.n}: need at least one sample per problem")
     TEMPLATES.get(cfg.template)
-    decoding = Decoding(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop))
+    decoding = decoding_with(Decoding(cfg.temperature, cfg.top_p, cfg.max_new_tokens, tuple(cfg.stop)), cfg.forcing)
     existing, writer = open_resumable(cfg.out, Sample, key)
     try:
         _check_resume(existing, cfg, decoding, all_problems, problems)
@@ -185,11 +189,12 @@ def run_sampling(cfg: SampleConfig, generator: Optional[Generator] = None, progr
     t0 = time.perf_counter()
     bar = progress_bar(todo, "sample", "sample", enabled=progress)
     try:
-        for g in generator.generate(groups, decoding):
+        for g in forced(generator, decoding).generate(groups, decoding):
             writer.write(Sample(problem_id=g.problem_id, sample_index=g.sample_index, model=cfg.model,
                                 prompt_template=cfg.template, text=g.text, prompt_tokens=g.prompt_tokens,
                                 completion_tokens=g.completion_tokens, flops=g.flops,
-                                finish_reason=g.finish_reason, decoding=decoding.as_dict(), seed=g.seed))
+                                finish_reason=g.finish_reason, decoding=decoding.as_dict(), seed=g.seed,
+                                forcing=g.forcing))
             summary["sampled"] += 1
             summary["completion_tokens"] += g.completion_tokens
             summary["flops"] += g.flops

@@ -17,6 +17,7 @@ from assay.data.prompts import check_template
 from assay.models import check_model
 from assay.sampling.backends import check_backend
 from assay.sampling.budget import run_budgeted
+from assay.sampling.forcing import check_forcing
 from assay.sampling.plan import parse_budget
 from assay.sampling.runner import SampleConfig, parse_shard
 from assay.sampling.sharded import run_sampling_on
@@ -71,6 +72,7 @@ def check(c: SampleConfig, key: str = "", skip=(), files: bool = False) -> None:
     if c.limit is not None:
         at_least(k("limit"), c.limit, 1)
     passes(k("shard"), parse_shard, c.shard)
+    check_forcing(lambda n: k(f"forcing.{n}"), c.forcing)
     executor_options(c.executor, c.executor_options, k("executor_options"))
     if c.budget:
         passes(k("budget"), parse_budget, c.budget)

@@ -2,7 +2,7 @@
 
 The server (``assay.sampling.vllm_server``, where the choice of a subprocess over in-process
 ``vllm.LLM`` is measured) runs in vLLM's own environment; this side renders every prompt to
-token ids with the model's own tokenizer exactly as the HF backend does (``render_ids``), sends
+token ids with the model's own tokenizer exactly as the HF backend does (``prompt_ids``), sends
 them to the completions API with one request per sample and that sample's seed, and counts
 FLOPs with the HF engine's formula, so samples from either backend carry comparable prompts,
 seeds, token counts and FLOPs. vLLM's prefix caching shares a prompt's KV cache between the
@@ -23,7 +23,7 @@ from assay.core.config import ConfigError
 from assay.core.hardware import DTYPES, resolve_dtype
 from assay.core.io import InputError
 from assay.core.registry import did_you_mean
-from assay.data.prompts import render_ids
+from assay.data.prompts import prompt_ids
 from assay.sampling.base import Decoding, Generated, PromptGroup
 from assay.sampling.openai_api import OpenAIGenerator
 from assay.sampling.vllm_server import VLLMServer, find_python
@@ -111,10 +111,9 @@ def _bad(key: str, detail: str) -> ConfigError:
 
 
 def _prompt_ids(tokenizer, g: PromptGroup) -> list[int]:
-    """The HF backend's prompt: the chat template through the model's tokenizer, or the raw text."""
-    if g.prompt is not None:
-        return list(tokenizer(g.prompt)["input_ids"])
-    return render_ids(g.messages, tokenizer)
+    """The HF backend's prompt: the chat template through the model's tokenizer, or the raw text
+    (then a forced continuation), so both backends decode from the same token ids."""
+    return prompt_ids(tokenizer, g.messages, g.prompt, g.continuation)
 
 
 def _flops(mstats, prompt_tokens: int, completion_tokens: int, group_size: int) -> float:

@@ -11,13 +11,16 @@ positives (right answer, wrong reasoning). This study runs both arms on the same
    the two arms' FLOPs match to within one sample;
 3. verify, then per arm: coverage@k and diversity@k along the k axis, with FLOPs per problem at
    each k, so the curves can be compared at equal compute;
-4. false positives: judge the answer-correct samples with an LLM judge (``judge=<model spec>``)
-   or export human audit sheets (``judge=export``; import them with ``assay judge --backend
-   import``);
-5. optionally (``students=true``) fine-tune students on each arm's correct samples in the paper's
-   setups (knowledge distillation: WC student on SE data; self-improvement: WC on WC data;
-   weak-to-strong: SE student on WC data), evaluate them on held-out problems;
-6. write ``report.md`` with the side-by-side table and plots.
+4. false positives: human audit sheets of each arm's answer-correct samples are always exported;
+   an LLM judge (``judge=<model spec>``, the strongest model at hand) judges them, and where a
+   person has filled in a sample of the sheets (``human_labels``) the judge's agreement with
+   those labels is reported beside its FPR, since an FPR is only as good as its judge;
+5. students (``students=true``): in each of the paper's setups one student is trained on each
+   arm's correct samples at the same optimizer-step budget and evaluated on held-out problems,
+   WC-data against SE-data paired (knowledge distillation: a third, smaller model,
+   ``kd_student``; self-improvement: the WC model, so its own data against SE's; weak-to-strong:
+   the SE model, WC's data against its own);
+6. write ``report.md`` with the side-by-side table, the paper's findings row by row, and plots.
 
 Everything goes into one run directory with a manifest; every stage resumes.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,37 +41,43 @@ from assay.commands import check_stage
 from assay.core.checks import at_least, fail
 from assay.core.config import ConfigError, opt
 from assay.core.io import read_records, write_json, write_records
-from assay.core.progress import interactive
 from assay.core.records import Problem, Sample, Verdict
-from assay.data.benchmarks import CHAIN_SUM_SMALL, HELDOUT_SEED
+from assay.core.registry import did_you_mean
+from assay.data.benchmarks import CHAIN_SUM_3_4, HELDOUT_SEED
 from assay.data.prompts import check_template
 from assay.data.sources import check_task
 from assay.data.text import normalize_text
-from assay.eval.stage import EvalConfig, run_eval
+from assay.eval.stage import EvalConfig
+from assay.eval.stats import paired_comparison, paired_mean_difference, wilson
 from assay.models import check_model, stats_for
 from assay.sampling import SampleConfig
 from assay.sampling.backends import greedy_protocol, make_generator, resolve_options
 from assay.sampling.budget import run_budgeted
 from assay.sampling.plan import Arm, mean_prompt_tokens, samples_for_budget
 from assay.select.stage import SelectConfig, check_selectors, run_select
+from assay.studies.sampling_report import format_table, write_study_report
 from assay.studies.workspace import (
     check_disjoint,
-    eval_metrics,
     open_run,
     problem_set,
     refuse_owned,
     rg_config,
+    train_and_evaluate,
     train_section,
 )
-from assay.train import (
-    TrainConfig,  # noqa: F401  (the type of the ``train`` section)
-    run_training,
+from assay.train import TrainConfig  # noqa: F401  (the type of the ``train`` section)
+from assay.verify.judge import (
+    LLMJudge,
+    correct_items,
+    export_audit,
+    false_positive_rate,
+    import_audit,
+    judgments_to_dicts,
 )
-from assay.verify.judge import LLMJudge, correct_items, export_audit, false_positive_rate, judgments_to_dicts
 from assay.verify.stage import VerifyConfig, run_verify
 
 # Fields of the students' training section that the study fills in itself.
-OWNED = {"train": ("data", "out", "model", "seed")}
+OWNED = {"train": ("data", "out", "model", "seed", "max_steps")}
 
 
 def _legacy(data: dict, where: str) -> dict:
@@ -82,28 +92,40 @@ def _legacy(data: dict, where: str) -> dict:
     return data
 
 
+SETUPS = ("knowledge_distillation", "self_improvement", "weak_to_strong")
+
+
 @dataclass
 class StudySamplingConfig:
-    wc: str = opt("smollm2-135m-instruct", help="the weaker-cheaper model (fewer parameters)")
-    se: str = opt("gemma3-270m", help="the stronger-expensive model (more parameters)")
+    wc: str = opt("qwen2.5-coder-0.5b-instruct", help="the weaker-cheaper model (fewer parameters)")
+    se: str = opt("qwen2.5-coder-1.5b-instruct", help="the stronger-expensive model (more parameters; the same "
+                                                     "family as wc, so only the size differs)")
     task: str = opt("rg:chain_sum", help="reasoning-gym task")
-    task_kwargs: dict = opt(CHAIN_SUM_SMALL, help="the task's settings")
+    task_kwargs: dict = opt(CHAIN_SUM_3_4, help="the task's settings (default: 3-4-term sums, where SE is ahead)")
     LEGACY = staticmethod(_legacy)
-    pool_size: int = opt(240, help="problem rows both arms sample (generator seeds seed..; repeated questions "
-                                   "dropped); was 'problems'")
+    pool_size: int = opt(64, help="problem rows both arms sample (generator seeds seed..; repeated questions "
+                                  "dropped); was 'problems'")
     seed: int = opt(0, help="problem and sampling seed")
-    k_se: int = opt(4, help="samples per problem of the SE model; the budget is what they cost")
-    completion_tokens: float = opt(12.0, help="completion-length guess for the plan (realized FLOPs are matched anyway)")
-    template: str = opt("plain-v1", help="prompt template for both arms")
+    k_se: int = opt(3, help="samples per problem of the SE model; the budget is what they cost")
+    completion_tokens: float = opt(150.0, help="completion-length guess for the plan (realized FLOPs are matched anyway)")
+    template: str = opt("boxed-v1", help="prompt template for both arms (and the students' evaluation)")
     temperature: float = opt(0.7, help="sampling temperature for both arms")
-    max_new_tokens: int = opt(32, help="completion limit for both arms")
-    stop: list = opt(["\n"], help="stop strings for both arms (the base model never emits EOS on its own)")
+    max_new_tokens: int = opt(256, help="completion limit for both arms")
+    stop: list = opt([], help="stop strings for both arms (a base model that never emits EOS needs one, e.g. ['\\n'])")
     max_batch: int = opt(64, help="rows decoded together")
-    judge: str = opt("export", help="'' (none), 'export' (human audit CSVs), or a model spec for an LLM judge")
-    judge_limit: int = opt(200, help="judge at most this many answer-correct samples per arm")
-    students: bool = opt(False, help="fine-tune and evaluate students in the paper's three setups (was 'train')")
-    train: TrainConfig = train_section(epochs=2)
-    heldout_size: int = opt(200, help="students=true: held-out rows (seeds from 10000) for the students; was 'heldout'")
+    judge: str = opt("qwen2.5-coder-1.5b-instruct", help="a model spec for the LLM judge of false positives, "
+                                                         "'export' (the audit CSVs only) or '' (none)")
+    judge_limit: int = opt(40, help="judge at most this many answer-correct samples per arm")
+    judge_max_new_tokens: int = opt(384, help="the judge's output limit")
+    human_labels: dict = opt({}, help="filled-in audit sheets, {WC: path, SE: path}: the judge's agreement with "
+                                      "these labels is reported")
+    students: bool = opt(True, help="fine-tune and evaluate students in the paper's setups (was 'train')")
+    setups: list = opt(["knowledge_distillation", "self_improvement"],
+                       help="which setups (knowledge_distillation, self_improvement, weak_to_strong)")
+    kd_student: str = opt("smollm2-135m-instruct", help="the knowledge-distillation student (smaller than both)")
+    train_steps: int = opt(12, help="optimizer steps of every student (the same budget for both arms' data)")
+    train: TrainConfig = train_section(batch_size=4)
+    heldout_size: int = opt(100, help="students=true: held-out rows (seeds from 10000) for the students; was 'heldout'")
     student_selectors: list = opt(["correct", "finished", "dedup"],
                                   help="students=true: how each arm's samples become SFT data")
     run_dir: str = opt("runs/study-sampling", help="where everything goes")
@@ -113,10 +135,15 @@ def check(cfg: StudySamplingConfig) -> None:
     """Every setting, before the first stage runs."""
 
     refuse_owned(cfg, OWNED, "study sampling", "wc, se, seed, run_dir")
-    for name in ("pool_size", "k_se", "max_new_tokens", "max_batch"):
+    for name in ("pool_size", "k_se", "max_new_tokens", "max_batch", "judge_max_new_tokens", "train_steps"):
         at_least(name, getattr(cfg, name), 1)
     at_least("temperature", cfg.temperature, 0)
     at_least("judge_limit", cfg.judge_limit, 0)
+    for arm, path in cfg.human_labels.items():
+        if arm not in ("WC", "SE"):
+            raise fail(f"human_labels.{arm}", "the arms are WC and SE")
+        if not Path(str(path)).exists():
+            raise fail(f"human_labels.{arm}", f"{path}: no such file")
     if cfg.completion_tokens <= 0:
         raise fail("completion_tokens", f"must be positive, got {cfg.completion_tokens!r}")
     if cfg.wc == cfg.se:
@@ -128,6 +155,12 @@ def check(cfg: StudySamplingConfig) -> None:
                         "held-out": ("heldout_size", HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size)})
         check_selectors("student_selectors", cfg.student_selectors)
         check_stage(cfg.train, "train", skip=OWNED["train"])
+        for i, name in enumerate(cfg.setups):
+            if name not in SETUPS:
+                raise fail(f"setups.{i}", f"'{name}' is not a setup{did_you_mean(str(name), list(SETUPS))} "
+                                          f"(one of {', '.join(SETUPS)})")
+        if "knowledge_distillation" in cfg.setups:
+            check_model("kd_student", cfg.kd_student)
     check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
     for name in ("wc", "se"):
         check_model(name, getattr(cfg, name))
@@ -165,7 +198,12 @@ def arm_curves(problems: list[Problem], samples: list[Sample], verdicts: list[Ve
         n = len(problems)
         rows.append({"k": j, "coverage": covered / n, "diversity": distinct / n, "flops_per_problem": flops / n})
     acc = sum(ok.get((s.problem_id, s.sample_index), False) for s in samples) / max(1, len(samples))
-    return {"curve": rows, "accuracy": acc, "k_min": k_min, "samples": len(samples)}
+    # Per problem at the arm's full budget: what the paired WC-vs-SE comparisons are made on.
+    per = {}
+    for p in problems:
+        correct = [s for s in by_p.get(p.id, []) if ok.get((s.problem_id, s.sample_index))]
+        per[p.id] = {"covered": bool(correct), "distinct": len({normalize_text(s.text) for s in correct})}
+    return {"curve": rows, "accuracy": acc, "k_min": k_min, "samples": len(samples), "per_problem": per}
 
 
 def run(cfg: StudySamplingConfig) -> dict:
@@ -199,19 +237,13 @@ def run(cfg: StudySamplingConfig) -> dict:
         res = arm_curves(problems, samples, verdicts)
         res["budget"] = json.loads(Path(scfg.out + ".budget.json").read_text())
         res["model"], res["n_params"] = spec, arms[spec].n_params
-        items = correct_items(problems, samples, verdicts)[: cfg.judge_limit]
-        if cfg.judge == "export":
-            export_audit(items, d / f"{tag}.audit.csv")
-            res["fpr"] = {"fpr": None, "judged": 0, "note": f"audit sheet {tag}.audit.csv exported ({len(items)} items)"}
-        elif cfg.judge:
-            judge_opts = resolve_options("hf", {"max_batch": 16})
-            judge_gen = make_generator("hf", cfg.judge, judge_opts)
-            js = LLMJudge(judge_gen, cfg.judge, cache=str(d / f"{tag}.judge_cache.jsonl"),
-                          protocol=greedy_protocol(judge_opts)).judge(items)
-
-            write_records(d / f"{tag}.judgments.jsonl", judgments_to_dicts(js))
-            res["fpr"] = false_positive_rate(js)
+        items = correct_items(problems, samples, verdicts)
+        _export_unless_labelled(items, d / f"{tag}.audit.csv")  # all of them, for a person to label
+        res["fpr"] = {"fpr": None, "judged": 0, "note": f"audit sheet {tag}.audit.csv exported ({len(items)} items)"}
+        if cfg.judge not in ("", "export"):
+            res["fpr"], res["judge_agreement"] = _judge_arm(cfg, d, tag, items)
         results[tag] = res
+    results["paired"] = _paired_arms(results)
     if cfg.students:
         results["students"] = _students(cfg, run_, problems, results)
     write_json(d / "study.json", results)
@@ -219,97 +251,97 @@ def run(cfg: StudySamplingConfig) -> dict:
     return results
 
 
+def _export_unless_labelled(items: list[dict], path: Path) -> None:
+    """Write the audit sheet, unless a person has started labelling it (never overwrite their work)."""
+    if path.exists() and any(j.valid is not None for j in import_audit(path)):
+        print(f"[assay] {path}: has labels, kept as it is (pass it as human_labels to use them)")
+        return
+    export_audit(items, path)
+
+
+def _judge_arm(cfg: StudySamplingConfig, d: Path, tag: str, items: list[dict]) -> tuple[dict, dict]:
+    """The LLM judge on a seeded sample of ``judge_limit`` answer-correct items (a sample across
+    problems, not the first problems' items) plus every item a person labelled; its FPR on the
+    sample, and its agreement with the person on the labelled ones."""
+    human = {(j.problem_id, j.sample_index): j for j in import_audit(cfg.human_labels[tag])
+             if j.valid is not None} if tag in cfg.human_labels else {}
+    rng = random.Random(cfg.seed)
+    chosen = rng.sample(items, min(cfg.judge_limit, len(items)))
+    keys = {(it["problem_id"], it["sample_index"]) for it in chosen}
+    labelled = [it for it in items if (it["problem_id"], it["sample_index"]) in human and
+                (it["problem_id"], it["sample_index"]) not in keys]
+    opts = resolve_options("hf", {"max_batch": 16})
+    gen = make_generator("hf", cfg.judge, opts)
+    try:
+        js = LLMJudge(gen, cfg.judge, max_new_tokens=cfg.judge_max_new_tokens,
+                      cache=str(d / f"{tag}.judge_cache.jsonl"), protocol=greedy_protocol(opts)).judge(chosen + labelled)
+    finally:
+        if hasattr(gen, "close"):
+            gen.close()
+    write_records(d / f"{tag}.judgments.jsonl", judgments_to_dicts(js))
+    fpr = false_positive_rate(js[: len(chosen)])
+    return fpr, agreement(js, human)
+
+
+def agreement(judged, human: dict) -> dict:
+    """The judge against a person's labels on the items both judged: the confusion matrix (rows:
+    the person; valid/invalid), raw agreement, Cohen's kappa, and both FPRs on those items."""
+    pairs = [(human[(j.problem_id, j.sample_index)].valid, j.valid) for j in judged
+             if (j.problem_id, j.sample_index) in human]
+    n = len(pairs)
+    if n == 0:
+        return {"n": 0, "note": "no human labels for this arm (human_labels)"}
+    unparsed = sum(jv is None for _, jv in pairs)
+    conf = {f"human_{'valid' if h else 'invalid'}_judge_{'valid' if jv else 'invalid' if jv is False else 'none'}":
+            sum(1 for a, b in pairs if a == h and b == jv) for h in (True, False) for jv in (True, False, None)}
+    both = [(h, jv) for h, jv in pairs if jv is not None]
+    agree = sum(h == jv for h, jv in both)
+    m = len(both)
+    po = agree / m if m else None
+    if m:
+        ph, pj = sum(h for h, _ in both) / m, sum(jv for _, jv in both) / m
+        pe = ph * pj + (1 - ph) * (1 - pj)
+        kappa = (po - pe) / (1 - pe) if pe < 1 else None
+    else:
+        kappa = None
+    return {"n": n, "unparsed": unparsed, "agreement": po, "agreement_ci95": list(wilson(agree, m)) if m else None,
+            "kappa": kappa, "confusion": conf, "human_fpr": sum(not h for h, _ in pairs) / n,
+            "judge_fpr": (sum(jv is False for _, jv in both) / m) if m else None}
+
+
+def _paired_arms(results: dict) -> dict:
+    """WC minus SE per problem at the matched budget: coverage (McNemar) and distinct correct solutions."""
+    wc, se = results["WC"]["per_problem"], results["SE"]["per_problem"]
+    cov = paired_comparison({k: v["covered"] for k, v in se.items()}, {k: v["covered"] for k, v in wc.items()})
+    div = paired_mean_difference({k: float(v["distinct"]) for k, v in se.items()},
+                                 {k: float(v["distinct"]) for k, v in wc.items()})
+    return {"coverage_wc_minus_se": cov, "diversity_wc_minus_se": div}
+
+
 def _students(cfg: StudySamplingConfig, run_, problems, results) -> dict:
-    """The paper's three setups: (student model, data arm)."""
+    """Each setup's student trained on WC's and on SE's correct samples at the same step budget."""
     d = run_.dir
     # Its identity is the problems config it is made with: another task (or settings) is another set.
     held = problem_set(run_, "heldout", [rg_config(d / "heldout.jsonl", cfg.task, cfg.task_kwargs, HELDOUT_SEED,
                                                    cfg.heldout_size)])
-    setups = {"knowledge_distillation": (cfg.wc, "SE"), "self_improvement": (cfg.wc, "WC"),
-              "weak_to_strong": (cfg.se, "WC")}
-    out = {}
-    for setup, (student, arm) in setups.items():
+    data = {}
+    for arm in ("WC", "SE"):
         scfg = SelectConfig(problems=str(d / "problems.jsonl"), samples=str(d / f"{arm}.samples.jsonl"),
-                            verdicts=str(d / f"{arm}.verdicts.jsonl"), out=str(d / f"{setup}.sft.jsonl"),
+                            verdicts=str(d / f"{arm}.verdicts.jsonl"), out=str(d / f"{arm}.sft.jsonl"),
                             selectors=list(cfg.student_selectors), seed=cfg.seed)
-        run_.stage(f"select_{setup}", scfg, lambda scfg=scfg: run_select(scfg))
-        tcfg = dataclasses.replace(cfg.train, data=scfg.out, out=str(d / f"{setup}.student"), model=student,
-                                   seed=cfg.seed)
-        run_.stage(f"train_{setup}", tcfg, lambda tcfg=tcfg: run_training(tcfg, progress=interactive()))
-        for name, model in ((f"{setup}.base", student), (f"{setup}.trained", tcfg.out)):
-            ecfg = EvalConfig(model=model, benchmark=str(held), out=str(d / f"eval.{name}"), template=cfg.template,
-                              max_new_tokens=cfg.max_new_tokens)
-            run_.stage(f"eval_{name}", ecfg, lambda ecfg=ecfg: run_eval(ecfg))
-        base = eval_metrics(d / f"eval.{setup}.base")["greedy_pass@1"]
-        trained = eval_metrics(d / f"eval.{setup}.trained")["greedy_pass@1"]
-        out[setup] = {"student": student, "data": arm, "before": base, "after": trained}
+        run_.stage(f"select_{arm}", scfg, lambda scfg=scfg: run_select(scfg))
+        data[arm] = scfg.out
+    student_of = {"knowledge_distillation": cfg.kd_student, "self_improvement": cfg.wc, "weak_to_strong": cfg.se}
+    out = {}
+    for setup in cfg.setups:
+        student = student_of[setup]
+        base_eval = EvalConfig(model=student, benchmark=str(held), out=str(d / f"eval.{setup}.base"),
+                               template=cfg.template, max_new_tokens=cfg.max_new_tokens, max_batch=cfg.max_batch)
+        r = train_and_evaluate(run_, {f"{setup}.{arm}": data[arm] for arm in ("WC", "SE")}, base_eval, cfg.train,
+                               student, cfg.seed, cfg.train_steps, versus=f"{setup}.SE", base=f"{setup}.base")
+        out[setup] = {"student": student, "base": r["base"]["greedy_pass@1"],
+                      "WC": r[f"{setup}.WC"], "SE": r[f"{setup}.SE"]}
     return out
-
-
-def format_table(results: dict) -> str:
-    wc, se = results["WC"], results["SE"]
-    rows = [("model", wc["model"], se["model"]),
-            ("parameters (matmul)", f"{wc['n_params']:.4g}", f"{se['n_params']:.4g}"),
-            ("samples per problem", f"{wc['budget']['k_min']}-{wc['budget']['k_max']}",
-             f"{se['budget']['k_min']}-{se['budget']['k_max']}"),
-            ("realized FLOPs", f"{wc['budget']['realized_flops']:.4g}", f"{se['budget']['realized_flops']:.4g}"),
-            ("sample accuracy", f"{wc['accuracy']:.3f}", f"{se['accuracy']:.3f}"),
-            (f"coverage@k (k={wc['k_min']} / {se['k_min']})", f"{wc['curve'][-1]['coverage']:.3f}" if wc["curve"] else "-",
-             f"{se['curve'][-1]['coverage']:.3f}" if se["curve"] else "-"),
-            ("diversity@k (distinct correct / problem)", f"{wc['curve'][-1]['diversity']:.3f}" if wc["curve"] else "-",
-             f"{se['curve'][-1]['diversity']:.3f}" if se["curve"] else "-")]
-    f = [results[t].get("fpr") or {} for t in ("WC", "SE")]
-    rows.append(("false-positive rate (judged)", *[
-        (f"{x['fpr']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}] n={x['judged']}" if x.get("fpr") is not None
-         else x.get("note", "not judged")) for x in f]))
-    ratio = wc["budget"]["realized_flops"] / se["budget"]["realized_flops"] if se["budget"]["realized_flops"] else float("nan")
-    rows.append(("FLOPs ratio WC / SE", f"{ratio:.4f}", ""))
-    w = max(len(r[0]) for r in rows)
-    w1 = max(len(str(r[1])) for r in rows)
-    lines = [f"{'':<{w}}  {'WC':<{w1}}  SE"] + [f"{a:<{w}}  {b:<{w1}}  {c}" for a, b, c in rows]
-    if "students" in results:
-        lines.append("")
-        lines.append("student (setup)                          before  after")
-        for setup, r in results["students"].items():
-            lines.append(f"{setup} ({r['student']} on {r['data']} data)".ljust(41) + f"{r['before']:.3f}   {r['after']:.3f}")
-    return "\n".join(lines)
-
-
-def write_study_report(d: Path, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for tag, style in (("WC", "o-"), ("SE", "s-")):
-        c = results[tag]["curve"]
-        axes[0].plot([r["flops_per_problem"] for r in c], [r["coverage"] for r in c], style, label=f"{tag} {results[tag]['model']}")
-        axes[1].plot([r["flops_per_problem"] for r in c], [r["diversity"] for r in c], style, label=tag)
-    axes[0].set_xlabel("sampling FLOPs per problem")
-    axes[0].set_ylabel("coverage@k")
-    axes[1].set_xlabel("sampling FLOPs per problem")
-    axes[1].set_ylabel("diversity@k (distinct correct)")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(d / "plot_coverage_diversity.png", dpi=110)
-    plt.close(fig)
-    plots = ["![coverage and diversity vs FLOPs](plot_coverage_diversity.png)"]
-    judged = [(t, results[t]["fpr"]) for t in ("WC", "SE") if (results[t].get("fpr") or {}).get("fpr") is not None]
-    if judged:
-        fig, ax = plt.subplots(figsize=(4, 3.2))
-        vals = [f["fpr"] for _, f in judged]
-        err = [[v - f["ci95"][0] for v, (_, f) in zip(vals, judged)], [f["ci95"][1] - v for v, (_, f) in zip(vals, judged)]]
-        ax.bar([f"{t} (n={f['judged']})" for t, f in judged], vals, yerr=err, capsize=6, color=["#2a7ab0", "#e08a1e"][: len(judged)])
-        ax.set_ylabel("false-positive rate (95% CI)")
-        fig.tight_layout()
-        fig.savefig(d / "plot_fpr.png", dpi=110)
-        plt.close(fig)
-        plots.append("![false-positive rate](plot_fpr.png)")
-    lines = ["# Compute-matched sampling study", "", "```", format_table(results), "```", "", *plots, "",
-             "Both arms sample the same problems; the budget is enforced on realized FLOPs (see plan.json and "
-             "*.samples.jsonl.budget.json). Per-stage inputs, outputs and FLOPs are in manifest.json.", ""]
-    (d / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def format_report(results: dict) -> str:

@@ -227,12 +227,13 @@ def train_summary(out) -> dict:
 
 
 def train_and_evaluate(r, sets: dict[str, str], base_eval, train, model: str, seed: int, steps: int,
-                       versus: str = "") -> dict:
+                       versus: str = "", base: str = "base") -> dict:
     """Evaluate the base model, then train one student per SFT set (the same ``steps`` optimizer steps
     each) and evaluate it under the base's protocol; paired gains against the base (and against the
-    set named ``versus``, if any). Every step is a stage of run ``r``, skipped when already done."""
+    set named ``versus``, if any). Every step is a stage of run ``r``, skipped when already done;
+    ``base`` names the base's stage (``eval_<base>``) where one run evaluates several base models."""
     d = r.dir
-    r.stage("eval_base", base_eval, lambda: run_eval(base_eval))
+    r.stage(f"eval_{base}", base_eval, lambda: run_eval(base_eval))
     results = {"base": {"examples": 0, **eval_metrics(base_eval.out)}}
     for name, data in sets.items():
         n_ex = len(read_records(data, SFTExample))
