@@ -67,7 +67,7 @@ def cell(cfg: EvalConfig, generator=None) -> dict:
     return {"pass@1": m["greedy_pass@1"], "ci95": m["greedy_ci95"], "correct": m["greedy_correct"],
             "n": len(samples), "mean_tokens": m["greedy_mean_tokens"],
             "capped": sum(s.finish_reason == "length" for s in samples) / len(samples),
-            "tokens": r["completion_tokens"], "wall_s": r["wall_s"], "tok_s": r["completion_tokens"] / r["wall_s"],
+            "tokens": r["completion_tokens"], "wall_s": r["wall_s"],
             "protocol": r["protocol"]["protocol_id"], "dtype": r["protocol"]["backend_options"].get("dtype")}
 
 
@@ -89,7 +89,7 @@ def measure(models: list[str], tasks: list[str], out: Path, dev: int, test: int,
                                                **got}
             print(f"[bench] {task} {model}: template {best} (dev {tried[best]['correct']}/{dev}); "
                   f"test {got['correct']}/{got['n']} = {got['pass@1']:.3f}, mean {got['mean_tokens']:.0f} tokens, "
-                  f"{got['capped']:.0%} capped, {got['tok_s']:.1f} tok/s", flush=True)
+                  f"{got['capped']:.0%} capped", flush=True)
     return res
 
 
@@ -123,6 +123,7 @@ def throughput(models: list[str], task: str, out: Path, n: int, template_of: dic
             answers[arm] = {s.problem_id: s.text for s in read_records(Path(cfg.out) / "greedy.samples.jsonl", Sample)}
             res.setdefault(model, {})[arm] = {**c, "load_s": round(load_s, 1), "template": tpl,
                                               "correct_ids": sorted(k for k, v in per.items() if v)}
+            c["tok_s"] = c["tokens"] / c["wall_s"]
             print(f"[bench] speed {model} {arm}: {c['tok_s']:.1f} tok/s, {c['correct']}/{c['n']} correct, "
                   f"mean {c['mean_tokens']:.0f} tokens (load {load_s:.0f} s)", flush=True)
         ref = answers.get("hf:bfloat16")
@@ -162,6 +163,8 @@ def main() -> None:
     ap.add_argument("--speed-task", default="gsm8k")
     ap.add_argument("--speed-n", type=int, default=32)
     ap.add_argument("--speed-arms", default="hf:float32,hf:bfloat16,vllm:bfloat16")
+    ap.add_argument("--speed-template", default="", help="one template for every model's speed arms (default: each "
+                                                          "model's best on the speed task)")
     ap.add_argument("--skip-accuracy", action="store_true")
     a = ap.parse_args()
     models, tasks, out = a.models.split(","), a.tasks.split(","), Path(a.out)
@@ -178,7 +181,8 @@ def main() -> None:
         print(table(res["accuracy"], tasks, models))
     if a.throughput:
         acc = res.get("accuracy") or prev.get("accuracy", {})
-        tpl = {m: c["template"] for m, c in acc.get(a.speed_task, {}).items()}
+        tpl = {m: a.speed_template or c["template"] for m, c in acc.get(a.speed_task, {}).items()}
+        tpl = {m: a.speed_template or tpl.get(m, "boxed-v1") for m in models}
         res["throughput"] = throughput(models, a.speed_task, out, a.speed_n, tpl, a.max_batch, a.speed_arms.split(","))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

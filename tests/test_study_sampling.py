@@ -138,10 +138,13 @@ def test_paper_rows_say_reproduces_only_when_the_interval_excludes_zero():
     assert rows["WC has higher coverage at matched compute"] == "reproduces"
     assert res["paired"]["coverage_wc_minus_se"]["only_after"] == 20
     assert rows["WC has higher diversity (distinct correct per problem)"] == "reproduces"
-    res = {"WC": {"per_problem": per([1, 0] * 10, [1] * 20)}, "SE": {"per_problem": per([0, 1] * 10, [1] * 20)}}
+    res = {"WC": {"per_problem": per([1, 0, 0, 0] * 5, [1] * 20)}, "SE": {"per_problem": per([0, 1, 1, 0] * 5, [1] * 20)}}
     res["paired"] = _paired_arms(res)
     rows = {a: c for a, _, c in paper_rows(res)}
-    assert rows["WC has higher coverage at matched compute"].startswith("not reproduced")
+    assert rows["WC has higher coverage at matched compute"] == "not reproduced (opposite direction, n.s.)"
+    res = {"WC": {"per_problem": per([1] * 20, [2] * 20)}, "SE": {"per_problem": per([1] * 20, [2] * 20)}}
+    res["paired"] = _paired_arms(res)
+    assert {c for _, _, c in paper_rows(res)} == {"not reproduced (no difference)"}
 
 
 def test_a_labelled_audit_sheet_is_never_overwritten(tmp_path):

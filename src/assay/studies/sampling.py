@@ -103,7 +103,7 @@ class StudySamplingConfig:
     task: str = opt("rg:chain_sum", help="reasoning-gym task")
     task_kwargs: dict = opt(CHAIN_SUM_3_4, help="the task's settings (default: 3-4-term sums, where SE is ahead)")
     LEGACY = staticmethod(_legacy)
-    pool_size: int = opt(64, help="problem rows both arms sample (generator seeds seed..; repeated questions "
+    pool_size: int = opt(40, help="problem rows both arms sample (generator seeds seed..; repeated questions "
                                   "dropped); was 'problems'")
     seed: int = opt(0, help="problem and sampling seed")
     k_se: int = opt(3, help="samples per problem of the SE model; the budget is what they cost")
@@ -125,7 +125,7 @@ class StudySamplingConfig:
     kd_student: str = opt("smollm2-135m-instruct", help="the knowledge-distillation student (smaller than both)")
     train_steps: int = opt(12, help="optimizer steps of every student (the same budget for both arms' data)")
     train: TrainConfig = train_section(batch_size=4)
-    heldout_size: int = opt(100, help="students=true: held-out rows (seeds from 10000) for the students; was 'heldout'")
+    heldout_size: int = opt(60, help="students=true: held-out rows (seeds from 10000) for the students; was 'heldout'")
     student_selectors: list = opt(["correct", "finished", "dedup"],
                                   help="students=true: how each arm's samples become SFT data")
     run_dir: str = opt("runs/study-sampling", help="where everything goes")

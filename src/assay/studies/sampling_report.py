@@ -66,6 +66,8 @@ def paper_rows(results: dict) -> list[tuple[str, str, str]]:
             return "reproduces"
         if ci[1] < 0:
             return "opposite (significant)"
+        if diff == 0:
+            return "not reproduced (no difference)"
         return "same direction, not significant" if diff > 0 else "not reproduced (opposite direction, n.s.)"
 
     out = []
