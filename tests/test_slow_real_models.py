@@ -129,7 +129,11 @@ def test_study_sampling_real_models_reduced(tmp_path):
     from assay.cli import main
 
     run = tmp_path / "study"
-    assert main(["study", "sampling", "problems=16", "k_se=2", f"run_dir={run}"]) == 0
+    # The cheap pair at toy sizes: the defaults (Qwen 0.5B vs 1.5B, students trained) take half an hour here.
+    assert main(["study", "sampling", "wc=smollm2-135m-instruct", "se=gemma3-270m", "pool_size=16", "k_se=2",
+                 "task_kwargs={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 2}", "template=plain-v1",
+                 "max_new_tokens=32", "completion_tokens=12", 'stop=["\\n"]', "judge=export", "students=false",
+                 f"run_dir={run}"]) == 0
     study = json.loads((run / "study.json").read_text())
     f_wc, f_se = study["WC"]["budget"]["realized_flops"], study["SE"]["budget"]["realized_flops"]
     assert study["WC"]["model"] == "smollm2-135m-instruct" and study["SE"]["model"] == "gemma3-270m"
