@@ -146,6 +146,12 @@ for _c in (
     Command("judge", "assay.verify.judge", "JudgeConfig",
             "false-positive rate: judge the reasoning of answer-correct samples (LLM or human audit)",
             run="run_judge"),
+    Command("solutions", "assay.critique.solutions", "SolutionsConfig",
+            "candidate solutions from many generators, verified (seeds chosen by a student's pass rate)",
+            run="run_solutions"),
+    Command("critique", "assay.critique.stage", "CritiqueConfig",
+            "teachers critique solutions; the consistency filter keeps CFT rows for `assay train`",
+            run="run_critique"),
     Command("curate", "assay.select.curate", "CurateConfig",
             "LIMO curation steps from a recipe: difficulty, decontaminate, dedup, rubric, diverse",
             run="run_curation"),
@@ -174,5 +180,8 @@ for _c in (
     Command("selection", "assay.studies.selection", "StudySelectionConfig",
             "gradient (LESS) selection vs random and curated data for a target task", kind="study", run="run",
             own_run_dir=True),
+    Command("cft", "assay.studies.cft", "StudyCFTConfig",
+            "critique fine-tuning on one problem vs SFT on its solutions vs multi-problem CFT", kind="study",
+            run="run", own_run_dir=True),
 ):
     register(_c)
