@@ -49,7 +49,7 @@ quickstart: install
 	$(VENV)/bin/assay quickstart
 
 test: install teachers vllm
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -194,3 +194,26 @@ def _assert_base_is_its_verdicts(run, base: dict) -> None:
     v = read_records(run / "eval.base" / "greedy.verdicts.jsonl", Verdict)
     assert len(v) == 16 - _repeats(run / "heldout.jsonl")
     assert base["greedy_pass@1"] == sum(x.correct for x in v) / len(v)
+
+
+def test_solutions_and_critique_on_embedded_models_reduced(tmp_path):
+    """Real generators and a real teacher (Qwen2.5-Coder-0.5B) at toy sizes: every critique is parsed or
+    rejected with its reason, and the CFT rows are the kept ones."""
+    from assay.cli import main
+    from assay.critique.stage import Critique
+
+    p, s, c = tmp_path / "p.jsonl", tmp_path / "s.jsonl", tmp_path / "c.jsonl"
+    assert main(["problems", "source=rg:chain_sum", "size=1", f"out={p}",
+                 "task_kwargs={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 2}"]) == 0
+    assert main(["solutions", f"problems={p}", f"out={s}", "generators=[smollm2-135m-instruct]", "temperatures=[0.8]",
+                 "n=3", "max_new_tokens=96"]) == 0
+    assert main(["critique", f"problems={p}", f"solutions={s}", f"out={c}", f"dataset={tmp_path / 'cft.jsonl'}",
+                 "teachers=[qwen2.5-coder-0.5b-instruct]", "max_new_tokens=256"]) == 0
+    crits = read_records(c, Critique)
+    assert crits and all(x.teacher == "qwen2.5-coder-0.5b-instruct" and x.completion_tokens > 0 for x in crits)
+    assert all((x.verdict in ("right", "wrong")) != bool(x.parse_error) for x in crits)
+    summary = json.loads(Path(f"{c}.summary.json").read_text())
+    conf = summary["confusion"]["qwen2.5-coder-0.5b-instruct"]
+    assert conf["critiques"] == len(crits) and summary["funnel"][0]["kept"] == len(crits)
+    rows = [json.loads(x) for x in (tmp_path / "cft.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["funnel"][-1]["kept"] == summary["rows"]

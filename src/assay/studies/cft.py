@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assay.commands import check_stage
-from assay.core.checks import at_least, fail
-from assay.core.config import opt
+from assay.core.checks import at_least, fail, one_of
+from assay.core.config import ConfigError, opt
 from assay.core.io import read_problems, read_records, write_json, write_records
 from assay.core.records import SFTExample
 from assay.critique.solutions import GENERATORS, Solution, SolutionsConfig, run_solutions
@@ -36,6 +36,7 @@ from assay.data.prompts import TEMPLATES, check_template
 from assay.data.sources import check_task
 from assay.eval.stage import EvalConfig, compare, run_eval
 from assay.models import DEFAULT_MODEL, check_model
+from assay.sampling.backends import BACKENDS, resolve_options
 from assay.studies.cft_report import format_report
 from assay.studies.workspace import (
     EVAL_OWNED,
@@ -66,7 +67,7 @@ class StudyCFTConfig:
     transfer_task: str = opt(ARITH.source, help="another task the students are tested on (transfer)")
     transfer_kwargs: dict = opt(dict(ARITH.task_kwargs), help="its settings")
     seed: int = opt(0, help="seed of the seed-problem pool, sampling, the dataset caps and training")
-    seed_pool: int = opt(8, help="candidate seed problems (seeds seed..); the student's pass rate picks one")
+    seed_pool: int = opt(16, help="candidate seed problems (seeds seed..); the student's pass rate picks one")
     student_n: int = opt(16, help="the student's tries per candidate seed problem")
     band: list = opt([0.1, 0.7], help="keep seed problems the student solves this share of tries (inclusive)")
     seeds: int = opt(1, help="seed problems of the one-shot arm (1: one-shot)")
@@ -77,15 +78,15 @@ class StudyCFTConfig:
     critique_max_new_tokens: int = opt(640, help="critique length limit")
     critique_backend: str = opt("hf", help="the teachers' backend (hf, vllm, openai)")
     critique_options: dict = opt({}, help="that backend's own options (see `assay sample --help`)")
-    multi_pool: int = opt(40, help="problems of the multi-problem arm (seeds from 5000); one critique each kept")
+    multi_pool: int = opt(32, help="problems of the multi-problem arm (seeds from 5000); one critique each kept")
     multi_generators: list = opt(["qwen2.5-coder-0.5b-instruct"], help="multi-problem arm: who writes the solutions "
                                                                         "(one each, t=0.7)")
     multi_teachers: list = opt([TEACHER], help="multi-problem arm: who critiques them")
     template: str = opt("boxed-v1", help="the solving prompt: generators, the SFT arm and every evaluation")
     solution_max_new_tokens: int = opt(320, help="solution length limit")
-    train_steps: int = opt(24, help="optimizer steps of every arm (the training budget)")
-    eval_every: int = opt(8, help="evaluate a checkpoint on the validation split every this many steps")
-    train: TrainConfig = train_section(method="full", lr=1e-5, batch_size=4, max_length=1024, warmup=0.1)
+    train_steps: int = opt(16, help="optimizer steps of every arm (the training budget)")
+    eval_every: int = opt(4, help="evaluate a checkpoint on the validation split every this many steps")
+    train: TrainConfig = train_section(method="full", lr=2e-5, batch_size=4, max_length=1024, warmup=0.1)
     validation_size: int = opt(32, help="validation rows of the target task (seeds from 20000): checkpoint choice")
     heldout_size: int = opt(80, help="held-out rows of the target task (seeds from 10000)")
     transfer_size: int = opt(50, help="held-out rows of the transfer task (seeds from 10000)")
@@ -110,12 +111,18 @@ def check(cfg: StudyCFTConfig) -> None:
     check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
     check_task("transfer_task", cfg.transfer_task, cfg.transfer_kwargs, "transfer_kwargs", HELDOUT_SEED)
     check_model("student", cfg.student)
-    check_stage(_solutions(cfg, Path(cfg.run_dir)), "generators")
-    check_stage(_critique(cfg, Path(cfg.run_dir), "oneshot", cfg.teachers), "teachers")
-    check_stage(_critique(cfg, Path(cfg.run_dir), "multi", cfg.multi_teachers), "multi_teachers")
-    for name in ("multi_generators",):
+    check_stage(_solutions(cfg, Path(cfg.run_dir)), skip=("generators",))
+    for name in ("generators", "multi_generators") + (("teachers", "multi_teachers") if cfg.critique_backend == "hf"
+                                                       else ()):
+        if not getattr(cfg, name):
+            raise fail(name, "give at least one model")
         for g in getattr(cfg, name):
             check_model(name, g)
+    one_of("critique_backend", cfg.critique_backend, BACKENDS.names(), "generation backend")
+    try:
+        resolve_options(cfg.critique_backend, cfg.critique_options)
+    except ConfigError as exc:  # named as the study's key, not the stage's
+        raise fail(exc.key.replace("backend_options", "critique_options", 1), exc.detail) from None
     for section, skip in OWNED.items():
         check_stage(getattr(cfg, section), section, skip=skip)
 
