@@ -11,7 +11,7 @@ LAYERS = {
     "core": 0,
     "models": 1, "data": 1,
     "sampling": 2, "verify": 2,
-    "select": 3, "critique": 3, "train": 3, "eval": 3,
+    "select": 3, "critique": 3, "synth": 3, "train": 3, "eval": 3,
     "studies": 4,
     "commands": 4,  # names stage modules as strings, imported on use
     "cli": 5, "tiny": 5,

@@ -16,16 +16,13 @@ assistant: the critique). One problem with many solutions is One-Shot CFT; many 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Optional
 
 from assay.core.checks import at_least, fail, keyed, one_of
 from assay.core.config import opt
-from assay.core.io import InputError, open_resumable, read_problems, read_records, write_json, write_records
-from assay.core.progress import bar
+from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Sample, SFTExample
 from assay.critique.consistency import agreement_line, confusion, consistency_filter
 from assay.critique.prompts import CRITIQUE_TEMPLATES, parse_critique
@@ -33,6 +30,7 @@ from assay.critique.solutions import Solution
 from assay.models import check_model
 from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
 from assay.sampling.base import Decoding, PromptGroup
+from assay.sampling.cached import cached_generate, call_key
 from assay.select.filters import write_rejected
 from assay.verify.stage import VerifyConfig, index_problems, verify_samples
 
@@ -64,17 +62,6 @@ class Critique:
     finish_reason: str
 
     kind: ClassVar[str] = "critique"
-
-
-@dataclass
-class _Call:
-    key: str
-    text: str
-    completion_tokens: int
-    flops: float
-    finish_reason: str
-
-    kind: ClassVar[str] = "critique_cache"
 
 
 @dataclass
@@ -133,11 +120,6 @@ def _identity(cfg: CritiqueConfig, options) -> dict:
     return {**ident, "seed": cfg.seed} if cfg.temperature > 0 else ident
 
 
-def call_key(teacher: str, template: str, decoding: dict, question: str, solution: str) -> str:
-    payload = json.dumps([teacher, template, decoding, question, solution], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 @dataclass
 class CritiqueResult:
     out: str
@@ -154,40 +136,24 @@ class CritiqueResult:
                 f"{agreement_line(self.confusion)} -> {self.dataset}")
 
 
-def _critique_all(cfg: CritiqueConfig, items: list[tuple[str, Solution]], make=None) -> tuple[dict[str, _Call], int]:
+def _critique_all(cfg: CritiqueConfig, items: list[tuple[str, Solution]], make=None) -> tuple[dict, int]:
     """Every (teacher, solution) critique, from the cache or generated (appended to the cache as it finishes)."""
     template = CRITIQUE_TEMPLATES.get(cfg.template)
     options = _options(cfg)
     decoding = Decoding(cfg.temperature, 1.0, cfg.max_new_tokens, ())
     ident = _identity(cfg, options)
-    rows, writer = open_resumable(str(cfg.out) + ".cache.jsonl", _Call, lambda r: r.key)
-    calls = {r.key: r for r in rows}
-    generated = 0
-    try:
-        for teacher in cfg.teachers:
-            todo: dict[str, PromptGroup] = {}
-            for question, sol in items:
-                k = call_key(teacher, template.id, ident, question, sol.text)
-                if k not in calls and k not in todo:
-                    todo[k] = PromptGroup(k, template.messages(question, sol.text), [(0, cfg.seed)])
-            if not todo:
-                continue
-            gen = (make or make_generator)(cfg.generator, teacher, options)
-            progress = bar(len(todo), f"critique {teacher}", unit="critique")
-            try:
-                for g in gen.generate(list(todo.values()), decoding):
-                    row = _Call(g.problem_id, g.text, g.completion_tokens, g.flops, g.finish_reason)
-                    writer.write(row)
-                    calls[row.key] = row
-                    generated += 1
-                    progress.update(1)
-            finally:
-                progress.close()
-                if hasattr(gen, "close"):
-                    gen.close()  # a vLLM server it started goes before the next teacher loads
-    finally:
-        writer.close()
-    return {k: calls[k] for k in calls}, generated
+    calls, generated = {}, 0
+    for teacher in cfg.teachers:
+        requests: dict[str, PromptGroup] = {}
+        for question, sol in items:
+            k = call_key(teacher, template.id, ident, question, sol.text)
+            requests.setdefault(k, PromptGroup(k, template.messages(question, sol.text), [(0, cfg.seed)]))
+        got, n = cached_generate(str(cfg.out) + ".cache.jsonl", requests, decoding,
+                                 lambda teacher=teacher: (make or make_generator)(cfg.generator, teacher, options),
+                                 f"critique {teacher}", unit="critique")
+        calls.update(got)
+        generated += n
+    return calls, generated
 
 
 def _verify_corrected(problems, pairs: list[tuple[str, str]]) -> list[bool]:
