@@ -19,8 +19,13 @@ def test_parse_is_strict():
     assert parse_critique("Steps fine.\nConclusion: right [END]").verdict == "right"
     p = parse_critique("Step 2 is wrong. Corrected: \\boxed{12}\n**Conclusion: Wrong** [END]\n\n")
     assert (p.verdict, p.corrected) == ("wrong", "12")
+    # Prose that mentions a conclusion mid-line is not one; repeating the verdict is not a conflict.
+    assert parse_critique("In step 2 the conclusion: wrong sign.\nConclusion: right [END]").verdict == "right"
+    assert parse_critique("Conclusion: right.\nConclusion: right [END]").verdict == "right"
     for text, why in [("", "empty"), ("Conclusion: right", "lacks [END]"), ("looks good", "last line"),
-                      ("Conclusion: wrong, no.\nConclusion: right [END]", "conflicting"),
+                      ("Conclusion: wrong, no.\nConclusion: right [END]", "earlier conclusion"),
+                      ("Conclusion: incorrect\nConclusion: right [END]", "earlier conclusion"),
+                      ("3. **Conclusion:** the solution is wrong.\nConclusion: right [END]", "earlier conclusion"),
                       ("Conclusion: right [END]\nactually more text", "last line"),
                       ("Conclusion: maybe [END]", "last line")]:
         p = parse_critique(text)
@@ -171,3 +176,37 @@ def test_cli_refuses_an_unknown_teacher_and_template_before_any_work(tmp_path, c
     err = capsys.readouterr().err
     assert "critique-v1" in err and "Traceback" not in err
     assert not (tmp_path / "critiques.jsonl.cache.jsonl").exists()
+
+
+def test_a_repeated_solution_key_and_a_repeated_teacher_are_refused(tmp_path):
+    from assay.critique.stage import check
+
+    cfg = _files(tmp_path)
+    rows = (tmp_path / "solutions.jsonl").read_text().splitlines()
+    (tmp_path / "solutions.jsonl").write_text("\n".join(rows + [rows[1]]) + "\n")
+    with pytest.raises(InputError, match=r"solutions.jsonl:8: solution p0/1 repeats line 2"):
+        run_critique(cfg, make=lambda *a: ScriptedTeacher())
+    with pytest.raises(Exception, match="names a teacher twice"):
+        check(CritiqueConfig(**{**cfg.__dict__, "teachers": ["t-one", "t-one"]}))
+
+
+def test_rows_too_long_for_the_students_max_length_are_dropped_with_their_length(tmp_path, tiny_model_dir):
+    cfg = CritiqueConfig(**{**_files(tmp_path).__dict__, "max_length": 120, "tokenizer": str(tiny_model_dir)})
+    res = run_critique(cfg, make=lambda *a: ScriptedTeacher())
+    crits = read_records(cfg.out, Critique)
+    assert all(c.row_tokens and c.row_tokens > 100 for c in crits)
+    fits = next(f for f in res.funnel if f["step"] == "fits")
+    long_ones = sum(c.row_tokens > 120 for c in crits if c.verdict and (c.verdict == "right") == c.solution_correct)
+    rejected = [json.loads(x) for x in open(str(cfg.out) + ".rejected.jsonl") if '"fits"' in x]
+    assert fits["dropped"] == len(rejected) and all("> max_length 120" in r["reason"] for r in rejected)
+    assert long_ones >= fits["dropped"]
+
+
+def test_another_server_is_another_cache_key():
+    from assay.sampling.backends import resolve_options
+    from assay.sampling.cached import served_by
+
+    a, b = (served_by("openai", resolve_options("openai", {"base_url": u})) for u in
+            ("http://127.0.0.1:8000/v1", "http://user:secret@10.0.0.2:8000/v1"))
+    assert a != b and "secret" not in json.dumps(b) and served_by("hf", resolve_options("hf")) == {}
+    assert served_by("vllm", resolve_options("vllm", {"python": "/usr/bin/python3"})) == {"generator": "vllm"}

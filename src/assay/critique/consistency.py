@@ -10,6 +10,7 @@ and reason and the funnel adds up:
 - ``corrected``: a critique that calls a solution wrong gives a corrected ``\\boxed{}`` answer that the
   same verifier accepts against the reference;
 - ``length`` (optional): the critique's length is within [min_tokens, max_tokens];
+- ``fits`` (optional): the training row (request + critique) fits the student's ``max_length``;
 - ``per_problem`` and ``rows`` (optional): caps that turn the kept critiques into a dataset, e.g.
   one critique per problem for multi-problem CFT.
 
@@ -65,6 +66,17 @@ def _length(items, min_tokens: int = 0, max_tokens: int = 0):
     return kept, rej
 
 
+def _fits(items, max_length: int = 0):
+    kept, rej = [], []
+    for c in items:
+        if c.row_tokens is not None and c.row_tokens > max_length:
+            rej.append((c, f"its training row is {c.row_tokens} tokens > max_length {max_length} (training would cut "
+                           "the conclusion)"))
+        else:
+            kept.append(c)
+    return kept, rej
+
+
 def _per_problem(items, cap: int = 0, seed: int = 0):
     """At most ``cap`` critiques per problem, drawn at random (seeded) so no teacher or generator is favoured."""
     by_p: dict[str, list] = {}
@@ -88,7 +100,8 @@ def _options(fn, items, ctx):
 
 
 def consistency_steps(require_verdict: bool = True, require_corrected: bool = True, min_tokens: int = 0,
-                      max_tokens: int = 0, per_problem: int = 0, rows: int = 0, seed: int = 0) -> list[Step]:
+                      max_tokens: int = 0, max_length: int = 0, per_problem: int = 0, rows: int = 0,
+                      seed: int = 0) -> list[Step]:
     steps = [("parsed", _parsed, {})]
     if require_verdict:
         steps.append(("verdict", _verdict, {}))
@@ -96,6 +109,8 @@ def consistency_steps(require_verdict: bool = True, require_corrected: bool = Tr
         steps.append(("corrected", _corrected, {}))
     if min_tokens or max_tokens:
         steps.append(("length", _length, {"min_tokens": min_tokens, "max_tokens": max_tokens}))
+    if max_length:
+        steps.append(("fits", _fits, {"max_length": max_length}))
     if per_problem:
         steps.append((f"per_problem:{per_problem}", _per_problem, {"cap": per_problem, "seed": seed}))
     if rows:

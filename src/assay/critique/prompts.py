@@ -54,6 +54,8 @@ VERDICTS = ("right", "wrong")
 _FINAL = re.compile(r"^[\s*#_>]*(?:\d{1,2}[.)]\s*)?[\s*_]*conclusion\s*[*_]*\s*:\s*[*_]*\s*(right|wrong)\s*[*_.]*\s*\[END\][\s*_]*$",
                     re.IGNORECASE)
 _ANY = re.compile(r"conclusion\s*[*_]*\s*:\s*[*_]*\s*(right|wrong)\b", re.IGNORECASE)
+# A line that starts as a conclusion ("Conclusion: incorrect", "3. **Conclusion:** the solution is wrong").
+_LINE = re.compile(r"^[\W\d_]*conclusion\s*[*_]*\s*:\s*(.*)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,11 @@ def parse_critique(text: str) -> Parsed:
             return Parsed(None, None, "the conclusion line lacks [END] (cut off, or not the requested format)")
         return Parsed(None, None, "the last line is not 'Conclusion: right [END]' or 'Conclusion: wrong [END]'")
     verdict = m.group(1).lower()
-    said = {w.lower() for w in _ANY.findall(text)}
-    if len(said) > 1:
-        return Parsed(None, None, "conflicting conclusions (both right and wrong)")
+    for line in lines[:-1]:
+        earlier = _LINE.match(line)
+        if earlier is None:
+            continue
+        said = re.sub(r"[*_.\s]|\[END\]", "", earlier.group(1), flags=re.IGNORECASE).lower()
+        if said != verdict:
+            return Parsed(None, None, f"an earlier conclusion line does not say '{verdict}' as the last one does")
     return Parsed(verdict, extract_boxed(text))

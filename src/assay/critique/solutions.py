@@ -91,6 +91,8 @@ def check(c: SolutionsConfig, key: str = "", skip=(), files: bool = False) -> No
     k = keyed(key)
     if not c.generators:
         raise fail(k("generators"), "give at least one generator")
+    if len(set(c.generators)) < len(c.generators):
+        raise fail(k("generators"), f"names a generator twice: {c.generators} (n and temperatures give more samples)")
     if c.backend == "hf" and "generators" not in skip:
         for g in c.generators:
             check_model(k("generators"), g)

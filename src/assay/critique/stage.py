@@ -16,6 +16,7 @@ assistant: the critique). One problem with many solutions is One-Shot CFT; many 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Optional
@@ -30,7 +31,7 @@ from assay.critique.solutions import Solution
 from assay.models import check_model
 from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
 from assay.sampling.base import Decoding, PromptGroup
-from assay.sampling.cached import cached_generate, call_key
+from assay.sampling.cached import cached_generate, call_key, served_by
 from assay.select.filters import write_rejected
 from assay.verify.stage import VerifyConfig, index_problems, verify_samples
 
@@ -60,6 +61,8 @@ class Critique:
     completion_tokens: int
     flops: float
     finish_reason: str
+    row_tokens: Optional[int] = None
+    """Tokens of its training row (request + critique) under the student's chat template, when counted."""
 
     kind: ClassVar[str] = "critique"
 
@@ -88,12 +91,17 @@ class CritiqueConfig:
     per_problem: int = opt(0, help="keep at most this many critiques per problem in the dataset (0: all); "
                                    "1 for multi-problem CFT")
     rows: int = opt(0, help="keep at most this many dataset rows (0: all)")
+    max_length: int = opt(0, help="drop rows longer than this many tokens of `tokenizer` (the student's `assay train "
+                                  "max_length`), so training never cuts off a critique's conclusion (0: no check)")
+    tokenizer: str = opt("", help="max_length: the model spec whose tokenizer and chat template count a row")
 
 
 def check(c: CritiqueConfig, key: str = "", skip=(), files: bool = False) -> None:
     k = keyed(key)
     if not c.teachers:
         raise fail(k("teachers"), "give at least one teacher")
+    if len(set(c.teachers)) < len(c.teachers):
+        raise fail(k("teachers"), f"names a teacher twice: {c.teachers}")
     check_backend(k, c, "generator")
     if c.generator == "hf" and "teachers" not in skip:
         for t in c.teachers:
@@ -101,7 +109,9 @@ def check(c: CritiqueConfig, key: str = "", skip=(), files: bool = False) -> Non
     one_of(k("template"), c.template, CRITIQUE_TEMPLATES.names(), "critique template")
     at_least(k("max_new_tokens"), c.max_new_tokens, 1)
     at_least(k("temperature"), c.temperature, 0)
-    for name in ("limit", "min_tokens", "max_tokens", "per_problem", "rows"):
+    if c.max_length and not c.tokenizer:
+        raise fail(k("tokenizer"), "max_length counts a row's tokens with a tokenizer: name the student model")
+    for name in ("limit", "min_tokens", "max_tokens", "per_problem", "rows", "max_length"):
         at_least(k(name), getattr(c, name), 0)
     if files:
         for name in ("problems", "solutions"):
@@ -116,7 +126,8 @@ def _options(cfg: CritiqueConfig):
 
 def _identity(cfg: CritiqueConfig, options) -> dict:
     """What changes a critique besides its inputs: decoding, the backend's numerics, a sampling seed."""
-    ident = {**Decoding(cfg.temperature, 1.0, cfg.max_new_tokens, ()).as_dict(), "backend": greedy_protocol(options)}
+    ident = {**Decoding(cfg.temperature, 1.0, cfg.max_new_tokens, ()).as_dict(), "backend": greedy_protocol(options),
+             **served_by(cfg.generator, options)}
     return {**ident, "seed": cfg.seed} if cfg.temperature > 0 else ident
 
 
@@ -166,6 +177,19 @@ def _verify_corrected(problems, pairs: list[tuple[str, str]]) -> list[bool]:
     return [bool(v.correct) for v in verify_samples(problems, samples, cfg)]
 
 
+def _count_row_tokens(tokenizer: str, crits: list[Critique], by_id: dict, sol_of: dict) -> None:
+    """Each critique's training-row length under ``tokenizer``'s chat template (what ``assay train`` truncates)."""
+    from transformers import AutoTokenizer
+
+    from assay.data.prompts import render_ids
+    from assay.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve(tokenizer))
+    for c in crits:
+        row = to_row(c, by_id[c.problem_id].question, sol_of[(c.problem_id, c.sample_index)].text, "")
+        c.row_tokens = len(render_ids(row.messages, tok))
+
+
 def to_row(c: Critique, question: str, solution: str, selected_by: str) -> SFTExample:
     user = CRITIQUE_TEMPLATES.get(c.template).user_text(question, solution)
     return SFTExample(id=f"{c.problem_id}/{c.sample_index}/{c.teacher}",
@@ -181,11 +205,18 @@ def run_critique(cfg: CritiqueConfig, make=None) -> CritiqueResult:
     problems = read_problems(cfg.problems)
     by_id = index_problems(problems)
     sols = read_records(cfg.solutions, Solution)
+    seen: dict[tuple[str, int], int] = {}
     for i, s in enumerate(sols):
         if s.problem_id not in by_id:
             raise InputError(f"{cfg.solutions}:{i + 1}: solution {s.problem_id}/{s.sample_index} names a problem "
                              f"that is not in {cfg.problems}")
-    sols = sols[: cfg.limit] if cfg.limit else sols
+        if (s.problem_id, s.sample_index) in seen:
+            raise InputError(f"{cfg.solutions}:{i + 1}: solution {s.problem_id}/{s.sample_index} repeats line "
+                             f"{seen[(s.problem_id, s.sample_index)]}")
+        seen[(s.problem_id, s.sample_index)] = i + 1
+    if cfg.limit and cfg.limit < len(sols):  # a seeded sample across generators, in file order
+        chosen = set(random.Random(cfg.seed).sample(range(len(sols)), cfg.limit))
+        sols = [s for i, s in enumerate(sols) if i in chosen]
     items = [(by_id[s.problem_id].question, s) for s in sols]
     calls, generated = _critique_all(cfg, items, make)
     template = CRITIQUE_TEMPLATES.get(cfg.template)
@@ -202,10 +233,13 @@ def run_critique(cfg: CritiqueConfig, make=None) -> CritiqueResult:
     with_answer = [c for c in crits if c.corrected is not None]
     for c, ok in zip(with_answer, _verify_corrected(problems, [(c.problem_id, c.corrected) for c in with_answer])):
         c.corrected_correct = ok
+    if cfg.max_length:
+        _count_row_tokens(cfg.tokenizer, crits, by_id, sol_of)
     write_records(cfg.out, crits)
     kept, rejected, funnel = consistency_filter(
         crits, require_verdict=cfg.require_verdict, require_corrected=cfg.require_corrected,
-        min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens, per_problem=cfg.per_problem, rows=cfg.rows, seed=cfg.seed)
+        min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens, max_length=cfg.max_length,
+        per_problem=cfg.per_problem, rows=cfg.rows, seed=cfg.seed)
     write_rejected(str(cfg.out) + ".rejected.jsonl", rejected,
                    lambda c: {"problem_id": c.problem_id, "sample_index": c.sample_index, "teacher": c.teacher,
                               "verdict": c.verdict, "solution_correct": c.solution_correct})

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
+from assay.core.hashing import short_hash
 from assay.core.io import open_resumable
 from assay.core.progress import bar
 from assay.sampling.base import Decoding, Generator, PromptGroup
@@ -29,6 +30,14 @@ class CachedCall:
     finish_reason: str
 
     kind: ClassVar[str] = "cached_call"
+
+
+def served_by(backend: str, options: Any) -> dict:
+    """Who answers a call, for its key: the backend, and a hash of the server URL (never the URL, which
+    may hold credentials), so another server's answers to the same prompt are not reused."""
+    url = getattr(options, "base_url", "") or ""
+    # The local default adds nothing, so its keys stay what they were before remote backends were told apart.
+    return {**({"generator": backend} if backend != "hf" else {}), **({"server": short_hash(url)} if url else {})}
 
 
 def call_key(*parts: Any) -> str:

@@ -82,6 +82,8 @@ class StudyCFTConfig:
     multi_generators: list = opt(["qwen2.5-coder-0.5b-instruct"], help="multi-problem arm: who writes the solutions "
                                                                         "(one each, t=0.7)")
     multi_teachers: list = opt([TEACHER], help="multi-problem arm: who critiques them")
+    solutions_backend: str = opt("hf", help="the generators' and the student's sampling backend (hf, vllm, openai)")
+    solutions_options: dict = opt({}, help="that backend's own options")
     template: str = opt("boxed-v1", help="the solving prompt: generators, the SFT arm and every evaluation")
     solution_max_new_tokens: int = opt(320, help="solution length limit")
     train_steps: int = opt(16, help="optimizer steps of every arm (the training budget)")
@@ -112,6 +114,9 @@ def check(cfg: StudyCFTConfig) -> None:
     check_task("transfer_task", cfg.transfer_task, cfg.transfer_kwargs, "transfer_kwargs", HELDOUT_SEED)
     check_model("student", cfg.student)
     check_stage(_solutions(cfg, Path(cfg.run_dir)), skip=("generators",))
+    for name in ("generators", "multi_generators", "teachers", "multi_teachers"):
+        if len(set(getattr(cfg, name))) < len(getattr(cfg, name)):
+            raise fail(name, f"names a model twice: {getattr(cfg, name)}")
     for name in ("generators", "multi_generators") + (("teachers", "multi_teachers") if cfg.critique_backend == "hf"
                                                        else ()):
         if not getattr(cfg, name):
@@ -131,11 +136,13 @@ def _solutions(cfg: StudyCFTConfig, d: Path, multi: bool = False) -> SolutionsCo
     if multi:
         return SolutionsConfig(problems=str(d / "multi.problems.jsonl"), out=str(d / "multi.solutions.jsonl"),
                                generators=list(cfg.multi_generators), temperatures=[0.7], n=1, template=cfg.template,
-                               max_new_tokens=cfg.solution_max_new_tokens, seed=cfg.seed)
+                               max_new_tokens=cfg.solution_max_new_tokens, seed=cfg.seed,
+                               backend=cfg.solutions_backend, backend_options=dict(cfg.solutions_options))
     return SolutionsConfig(problems=str(d / "seedpool.jsonl"), out=str(d / "oneshot.solutions.jsonl"),
                            generators=list(cfg.generators), temperatures=list(cfg.temperatures), n=cfg.n,
                            template=cfg.template, max_new_tokens=cfg.solution_max_new_tokens, seed=cfg.seed,
-                           student=cfg.student, student_n=cfg.student_n, band=list(cfg.band), seeds=cfg.seeds)
+                           student=cfg.student, student_n=cfg.student_n, band=list(cfg.band), seeds=cfg.seeds,
+                           backend=cfg.solutions_backend, backend_options=dict(cfg.solutions_options))
 
 
 def _critique(cfg: StudyCFTConfig, d: Path, tag: str, teachers: list, rows: int = 0) -> CritiqueConfig:
@@ -144,7 +151,8 @@ def _critique(cfg: StudyCFTConfig, d: Path, tag: str, teachers: list, rows: int 
                           out=str(d / f"{tag}.critiques.jsonl"), dataset=str(d / f"{tag}.cft.jsonl"),
                           teachers=list(teachers), max_new_tokens=cfg.critique_max_new_tokens, seed=cfg.seed,
                           generator=cfg.critique_backend, backend_options=dict(cfg.critique_options),
-                          per_problem=1 if tag == "multi" else 0, rows=rows)
+                          per_problem=1 if tag == "multi" else 0, rows=rows, max_length=cfg.train.max_length,
+                          tokenizer=cfg.student)
 
 
 def sft_rows(problems_path: str, solutions_path: str, template: str, out: str) -> dict:

@@ -12,16 +12,25 @@ def _gain(res: dict, ref: str) -> str:
 
 
 def arms_table(out: dict) -> list[str]:
-    lines = ["| arm | rows | step chosen | held-out target | vs base | vs SFT | transfer | vs base | vs SFT |",
-             "|---|---:|---:|---:|---|---|---:|---|---|"]
+    lines = ["| arm | rows | train tokens | step chosen | held-out target | vs base | vs SFT | transfer | vs base "
+             "| vs SFT |", "|---|---:|---:|---:|---:|---|---|---:|---|---|"]
     for name, a in out["arms"].items():
         if "skipped" in a:
-            lines.append(f"| {name} | 0 | (not trained: {a['skipped']}) | | | | | | |")
+            lines.append(f"| {name} | 0 | | (not trained: {a['skipped']}) | | | | | | |")
             continue
         h, t = a["heldout"], a["transfer"]
-        lines.append(f"| {name} | {a['examples']} | {a['chosen_step']} | {h['greedy_pass@1']:.3f} | {_gain(h, 'base')} "
+        lines.append(f"| {name} | {a['examples']} | {a.get('train_tokens', 0)} | {a['chosen_step']} | {h['greedy_pass@1']:.3f} | {_gain(h, 'base')} "
                      f"| {_gain(h, 'SFT')} | {t['greedy_pass@1']:.3f} | {_gain(t, 'base')} | {_gain(t, 'SFT')} |")
     return lines
+
+
+def rows_note(out: dict) -> list[str]:
+    """Equal steps are not equal rows: say so when the arms' datasets differ in size."""
+    rows = {n: a["examples"] for n, a in out["arms"].items() if n != "base" and "skipped" not in a}
+    if len(set(rows.values())) <= 1:
+        return []
+    return ["", "The arms' datasets differ in size (" + ", ".join(f"{n} {r} rows" for n, r in rows.items())
+            + "): every arm still takes the same optimizer steps, so the smaller sets are seen more often."]
 
 
 def curve_table(out: dict) -> list[str]:
@@ -61,7 +70,7 @@ def format_report(out: dict) -> str:
              f"{out['eval_every']} steps is scored on {sizes['validation']} validation problems and the best one "
              f"(ties: the later) on {sizes['heldout']} held-out target problems and {sizes['transfer']} transfer "
              f"problems, greedy, template {out['template']}. Gains are paired (95% CI, McNemar p).", "",
-             *arms_table(out), "", "Validation accuracy over training steps:", "", *curve_table(out), "",
+             *arms_table(out), *rows_note(out), "", "Validation accuracy over training steps:", "", *curve_table(out), "",
              f"Seed problem: {chosen}, chosen among {len(seeds['rates'])} by {seeds['student']}'s pass rate over "
              f"{seeds['tries']} tries (band {seeds['band']}).", "",
              "Solutions of the seed problem: " + ", ".join(f"{g} {v['solutions']} ({v['correct']} correct)"

@@ -24,7 +24,7 @@ from assay.core.registry import did_you_mean
 from assay.models import check_model
 from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
 from assay.sampling.base import Decoding, PromptGroup
-from assay.sampling.cached import cached_generate, call_key
+from assay.sampling.cached import cached_generate, call_key, served_by
 from assay.sampling.runner import sample_seed
 from assay.synth.templates import SYNTH_TEMPLATES, SynthTemplate, custom_template, parse_synthesis
 
@@ -133,7 +133,7 @@ class SynthesizeResult:
 
 def _identity(cfg: SynthesizeConfig, options) -> dict:
     d = Decoding(cfg.temperature, cfg.top_p, cfg.max_new_tokens, ()).as_dict()
-    return {**d, "backend": greedy_protocol(options), "seed": cfg.seed}
+    return {**d, "backend": greedy_protocol(options), **served_by(cfg.backend, options), "seed": cfg.seed}
 
 
 def run_synthesize(cfg: SynthesizeConfig, make=None) -> SynthesizeResult:
