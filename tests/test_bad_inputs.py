@@ -76,6 +76,7 @@ CASES = [
     ("synthesize", ["synthesize", "--seeds", "{missing}"], ["{missing}: no such file"]),
     ("synthesize", ["synthesize", "templates=[aime-v2]"], ["'aime-v2' is not a known synthesis template",
                                                           "did you mean 'aime-v1'"]),
+    ("gate", ["gate", "steps=[dedup, agreemnt]"], ["'agreemnt' is not a known gate", "did you mean 'agreement'"]),
     ("curate", ["curate", "--config", "{bad_step}"],
      ["{bad_step}:1: steps: unknown curation step 'dedupe'", "did you mean 'dedup'"]),
     ("select", ["select", "--selectors", "corect"], ["--selectors: unknown selector 'corect'"]),
