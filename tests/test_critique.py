@@ -19,6 +19,9 @@ def test_parse_is_strict():
     assert parse_critique("Steps fine.\nConclusion: right [END]").verdict == "right"
     p = parse_critique("Step 2 is wrong. Corrected: \\boxed{12}\n**Conclusion: Wrong** [END]\n\n")
     assert (p.verdict, p.corrected) == ("wrong", "12")
+    assert parse_critique("Step 1 is fine.\n\n### Conclusion:\nRight [END]").verdict == "right"
+    assert parse_critique("Conclusion: wrong\n### Conclusion:\nRight [END]").verdict is None
+    assert parse_critique("Some heading\nRight [END]").verdict is None
     # Prose that mentions a conclusion mid-line is not one; repeating the verdict is not a conflict.
     assert parse_critique("In step 2 the conclusion: wrong sign.\nConclusion: right [END]").verdict == "right"
     assert parse_critique("Conclusion: right.\nConclusion: right [END]").verdict == "right"

@@ -104,7 +104,7 @@ class ReferenceTeacher:
                 text = "The steps are right.\nConclusion: right [END]"
             else:
                 text = f"The sum is wrong; correctly it is \\boxed{{{self.refs[q]}}}.\nConclusion: wrong [END]"
-            yield Generated(g.problem_id, 0, 0, text, 40, 12, 1e6, "stop")
+            yield Generated(g.problem_id, 0, 0, text, 40, 30, 1e6, "stop")
 
 
 @pytest.fixture
@@ -154,6 +154,12 @@ def test_study_cft_end_to_end_on_tiny_models(two_tiny, scripted_backend, tmp_pat
     assert "one-shot-CFT" in report and "Validation accuracy over training steps" in report and "t2" in report
     # A rerun is all cache and finished stages: the same numbers.
     assert run_study(cfg)["arms"]["one-shot-CFT"]["heldout"] == one["heldout"]
+    # A changed filter setting redoes the critique stages, but every critique comes from the shared cache.
+    calls = (run / "cache" / "critiques.jsonl").read_text().count("\n")
+    cfg.critique_min_tokens = 35
+    shorter = run_study(cfg)
+    assert (run / "cache" / "critiques.jsonl").read_text().count("\n") == calls
+    assert shorter["arms"]["one-shot-CFT"] == {"examples": 0, "skipped": "no rows"}
 
 
 def test_the_paper_recipe_is_a_valid_study_config(monkeypatch):

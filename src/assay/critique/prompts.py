@@ -54,6 +54,8 @@ VERDICTS = ("right", "wrong")
 _FINAL = re.compile(r"^[\s*#_>]*(?:\d{1,2}[.)]\s*)?[\s*_]*conclusion\s*[*_]*\s*:\s*[*_]*\s*(right|wrong)\s*[*_.]*\s*\[END\][\s*_]*$",
                     re.IGNORECASE)
 _ANY = re.compile(r"conclusion\s*[*_]*\s*:\s*[*_]*\s*(right|wrong)\b", re.IGNORECASE)
+_HEADING = re.compile(r"^[\s*#_>]*conclusion\s*[*_]*\s*:?[\s*_]*$", re.IGNORECASE)
+_WORD_END = re.compile(r"^[\s*_]*(right|wrong)\s*[*_.]*\s*\[END\][\s*_]*$", re.IGNORECASE)
 # A line that starts as a conclusion ("Conclusion: incorrect", "3. **Conclusion:** the solution is wrong").
 _LINE = re.compile(r"^[\W\d_]*conclusion\s*[*_]*\s*:\s*(.*)$", re.IGNORECASE)
 
@@ -75,12 +77,16 @@ def parse_critique(text: str) -> Parsed:
     if not lines:
         return Parsed(None, None, "empty critique")
     m = _FINAL.match(lines[-1])
+    body = lines[:-1]
+    if m is None and len(lines) > 1 and _HEADING.match(lines[-2]):
+        m = _WORD_END.match(lines[-1])  # "### Conclusion:" on its own line, then "Right [END]"
+        body = lines[:-2]
     if m is None:
         if _ANY.search(lines[-1]) and "[END]" not in lines[-1]:
             return Parsed(None, None, "the conclusion line lacks [END] (cut off, or not the requested format)")
         return Parsed(None, None, "the last line is not 'Conclusion: right [END]' or 'Conclusion: wrong [END]'")
     verdict = m.group(1).lower()
-    for line in lines[:-1]:
+    for line in body:
         earlier = _LINE.match(line)
         if earlier is None:
             continue

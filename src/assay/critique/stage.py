@@ -91,6 +91,8 @@ class CritiqueConfig:
     per_problem: int = opt(0, help="keep at most this many critiques per problem in the dataset (0: all); "
                                    "1 for multi-problem CFT")
     rows: int = opt(0, help="keep at most this many dataset rows (0: all)")
+    cache: str = opt("", help="the call cache (default <out>.cache.jsonl); keyed by content, so one cache may serve "
+                              "several runs, and a run whose filter settings change reuses every critique")
     max_length: int = opt(0, help="drop rows longer than this many tokens of `tokenizer` (the student's `assay train "
                                   "max_length`), so training never cuts off a critique's conclusion (0: no check)")
     tokenizer: str = opt("", help="max_length: the model spec whose tokenizer and chat template count a row")
@@ -159,7 +161,7 @@ def _critique_all(cfg: CritiqueConfig, items: list[tuple[str, Solution]], make=N
         for question, sol in items:
             k = call_key(teacher, template.id, ident, question, sol.text)
             requests.setdefault(k, PromptGroup(k, template.messages(question, sol.text), [(0, cfg.seed)]))
-        got, n = cached_generate(str(cfg.out) + ".cache.jsonl", requests, decoding,
+        got, n = cached_generate(cfg.cache or str(cfg.out) + ".cache.jsonl", requests, decoding,
                                  lambda teacher=teacher: (make or make_generator)(cfg.generator, teacher, options),
                                  f"critique {teacher}", unit="critique")
         calls.update(got)

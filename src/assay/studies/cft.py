@@ -76,6 +76,8 @@ class StudyCFTConfig:
     n: int = opt(4, help="solutions per (generator, temperature)")
     teachers: list = opt([TEACHER, "qwen2.5-coder-0.5b-instruct"], help="models that critique every solution")
     critique_max_new_tokens: int = opt(640, help="critique length limit")
+    critique_min_tokens: int = opt(24, help="drop critiques shorter than this (a bare 'Conclusion: right' teaches "
+                                            "nothing)")
     critique_backend: str = opt("hf", help="the teachers' backend (hf, vllm, openai)")
     critique_options: dict = opt({}, help="that backend's own options (see `assay sample --help`)")
     multi_pool: int = opt(32, help="problems of the multi-problem arm (seeds from 5000); one critique each kept")
@@ -152,6 +154,7 @@ def _critique(cfg: StudyCFTConfig, d: Path, tag: str, teachers: list, rows: int 
                           teachers=list(teachers), max_new_tokens=cfg.critique_max_new_tokens, seed=cfg.seed,
                           generator=cfg.critique_backend, backend_options=dict(cfg.critique_options),
                           per_problem=1 if tag == "multi" else 0, rows=rows, max_length=cfg.train.max_length,
+                          min_tokens=cfg.critique_min_tokens, cache=str(d / "cache" / "critiques.jsonl"),
                           tokenizer=cfg.student)
 
 
