@@ -189,5 +189,8 @@ for _c in (
     Command("cft", "assay.studies.cft", "StudyCFTConfig",
             "critique fine-tuning on one problem vs SFT on its solutions vs multi-problem CFT", kind="study",
             run="run", own_run_dir=True),
+    Command("synthesis", "assay.studies.synthesis", "StudySynthesisConfig",
+            "JiuZhang3.0: distilled synthesizer vs teacher vs real problems, with value selection and a cost ledger",
+            kind="study", run="run", own_run_dir=True),
 ):
     register(_c)

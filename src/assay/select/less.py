@@ -77,6 +77,29 @@ class LessOptions:
     executor_options: dict = opt({}, help="ray: address, workers, num_cpus, num_gpus, max_retries")
 
 
+def less_rank(pool: list[SFTExample], targets: dict[str, list[SFTExample]], o: LessOptions, work: Path,
+              seed: int) -> tuple[list[float], dict]:
+    """LESS scores of ``pool`` rows for the ``targets`` tasks: a warmup LoRA run on a seeded slice of the
+    pool, then per-checkpoint gradient features; (scores in pool order, cost with ``flops`` and its parts)."""
+    # Seeded by the stage's seed, not a step's derived RNG: the warmup slice does not move when steps
+    # are added before this one.
+    warm = random.Random(seed).sample(pool, max(1, math.ceil(o.warmup_fraction * len(pool))))
+    write_records(work / "warmup.jsonl", warm)
+    per_epoch = max(1, math.ceil(len(warm) / 8))
+    warm_cfg = TrainConfig(
+        data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=o.model,
+        lora=LoraOptions(r=o.lora_r, alpha=2 * o.lora_r), epochs=o.warmup_epochs, batch_size=8,
+        save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=seed, max_length=o.max_length, dtype=o.dtype)
+    warm_summary = run_training(warm_cfg, progress=False)
+    scores, cost = gradient_scores(o.model, pool, targets, work / "warmup", o.dim, seed, o.max_length,
+                                   work / "features", checkpointing=o.checkpointing,
+                                   dtype=resolve_dtype(o.dtype, "cpu"),  # features are taken on the CPU
+                                   executor=executor_options(o.executor, o.executor_options, "less.executor_options"))
+    out = {"warmup_flops": warm_summary["flops"], "feature_flops": cost.pop("flops"), **cost}
+    out["flops"] = out["warmup_flops"] + out["feature_flops"]
+    return scores, out
+
+
 class LessSelector:
     """LESS over the candidates it is given: warmup LoRA, per-checkpoint features, the top scores.
 
@@ -97,30 +120,15 @@ class LessSelector:
             raise InputError("selector 'less' needs less.targets (SFT JSONL files of target examples)")
         if not cands:
             raise InputError("selector 'less': the steps before it left no candidates")
-        work = Path(ctx.workdir)
         pool = [to_example(c, "pool") for c in cands]
-        # Seeded by the stage's seed, not the step's derived RNG: the warmup slice does not move
-        # when steps are added before this one.
-        warm = random.Random(ctx.seed).sample(pool, max(1, math.ceil(o.warmup_fraction * len(pool))))
-        write_records(work / "warmup.jsonl", warm)
-        per_epoch = max(1, math.ceil(len(warm) / 8))
-        warm_cfg = TrainConfig(
-            data=str(work / "warmup.jsonl"), out=str(work / "warmup"), model=o.model,
-            lora=LoraOptions(r=o.lora_r, alpha=2 * o.lora_r), epochs=o.warmup_epochs, batch_size=8,
-            save_steps=per_epoch, keep_checkpoints=0, merge=False, seed=ctx.seed, max_length=o.max_length,
-            dtype=o.dtype)
-        warm_summary = run_training(warm_cfg, progress=False)
         targets = {Path(t).stem: read_records(t, SFTExample) for t in o.targets}
-        scores, cost = gradient_scores(o.model, pool, targets, work / "warmup", o.dim, ctx.seed, o.max_length,
-                                       work / "features", checkpointing=o.checkpointing,
-                                       dtype=resolve_dtype(o.dtype, "cpu"),  # features are taken on the CPU
-                                       executor=executor_options(o.executor, o.executor_options, "less.executor_options"))
+        scores, cost = less_rank(pool, targets, o, Path(ctx.workdir), ctx.seed)
+        work = Path(ctx.workdir)
         top = top_indices(scores, n=o.n or None, fraction=None if o.n else o.fraction)
         chosen = set(top)
         write_json(work / "scores.json", {f"{c.problem.id}/{c.sample.sample_index}": float(s)
                                           for c, s in zip(cands, scores)})
-        ctx.cost.update({"warmup_flops": warm_summary["flops"], "feature_flops": cost.pop("flops"), **cost})
-        ctx.cost["flops"] = ctx.cost["warmup_flops"] + ctx.cost["feature_flops"]
+        ctx.cost.update(cost)
         # Kept in score order, best first, as LESS ranks them (the one filter that orders its output).
         kept = [cands[i] for i in top]
         rej = [Rejection(c, ctx.step, f"gradient score {scores[i]:.4g} below the top {len(top)}")
