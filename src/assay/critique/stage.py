@@ -28,7 +28,8 @@ from assay.core.records import Sample, SFTExample
 from assay.critique.consistency import agreement_line, confusion, consistency_filter
 from assay.critique.prompts import CRITIQUE_TEMPLATES, parse_critique
 from assay.critique.solutions import Solution
-from assay.models import check_model
+from assay.data.prompts import render_ids
+from assay.models import check_model, resolve
 from assay.sampling.backends import check_backend, greedy_protocol, make_generator, options_of
 from assay.sampling.base import Decoding, PromptGroup
 from assay.sampling.cached import cached_generate, call_key, served_by
@@ -181,10 +182,7 @@ def _verify_corrected(problems, pairs: list[tuple[str, str]]) -> list[bool]:
 
 def _count_row_tokens(tokenizer: str, crits: list[Critique], by_id: dict, sol_of: dict) -> None:
     """Each critique's training-row length under ``tokenizer``'s chat template (what ``assay train`` truncates)."""
-    from transformers import AutoTokenizer
-
-    from assay.data.prompts import render_ids
-    from assay.models import resolve
+    from transformers import AutoTokenizer  # on use: the CLI checks configs without loading transformers
 
     tok = AutoTokenizer.from_pretrained(resolve(tokenizer))
     for c in crits:
