@@ -85,3 +85,35 @@ def test_study_synthesis_end_to_end_on_tiny_models(tiny_model_dir, scripted, tmp
     assert "break-even pool" in report and "teacher-N" in report
     pairs = [json.loads(x) for x in open(run_dir / "distill.synth.jsonl.pairs.jsonl")]
     assert len(pairs) == 4 and pairs[0]["messages"][0]["content"].endswith("## New Problem\n")
+
+
+def test_the_paper_recipe_is_a_valid_study_config(monkeypatch):
+    from pathlib import Path
+
+    import assay.eval.stage as eval_stage
+    import assay.studies.synthesis as synthesis
+    import assay.synth.gates as gates
+    from assay.studies.recipes import load_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".venv-vllm").exists():
+        pytest.skip("the recipe's solver and eval use vLLM: `make vllm` builds .venv-vllm (CI does)")
+    for mod in (synthesis, gates, eval_stage):
+        monkeypatch.setattr(mod, "check_model", lambda *a, **k: None)
+    monkeypatch.setattr("assay.train.check_model", lambda *a, **k: None, raising=False)
+    name, cfg = load_recipe(root / "recipes" / "synthesis-paper.yaml")
+    assert name == "study-synthesis" and cfg.teacher_backend == "openai" and cfg.distill.lr == 1e-5
+    synthesis.check(cfg)
+
+
+def test_bad_settings_are_one_line_before_any_stage(tmp_path, capsys):
+    from assay.cli import main
+
+    run = tmp_path / "syn"
+    assert main(["study", "synthesis", "seed_pool=10", f"run_dir={run}"]) == 2
+    assert "distill_seeds + direct_seeds + n = 56" in capsys.readouterr().err
+    assert main(["study", "synthesis", "synth_template=aime-v9", f"run_dir={run}"]) == 2
+    assert "did you mean 'aime-v1'" in capsys.readouterr().err
+    assert main(["study", "synthesis", "distill.max_steps=3", f"run_dir={run}"]) == 2
+    assert "is set by the study" in capsys.readouterr().err
+    assert not run.exists()
