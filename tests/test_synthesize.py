@@ -19,6 +19,10 @@ def test_parse_synthesis_is_strict():
     p = parse_synthesis(GOOD)
     assert (p.question, p.answer, p.error) == ("Tom has 3 apples and buys 4 more. How many now?", "7", None)
     assert parse_synthesis("Tom has 3 apples...\n**[Solution]**\n3 + 4 = \\boxed{7}").question == "Tom has 3 apples..."
+    md = parse_synthesis("### Problem\nA store has 120 cars and sells 35. How many remain?\n\n**Solution:**\n"
+                         "120 - 35 = 85. The answer is \\(\\boxed{85}\\).")
+    assert (md.question, md.answer) == ("A store has 120 cars and sells 35. How many remain?", "85")
+    assert parse_synthesis("Problem solving is fun.\nSolution: it is \\boxed{1}").error == "no [Solution] section"
     for text, why in [("[Problem]\nq\n", "no [Solution]"), ("[Problem]\nq\n[Solution]\nit is 7", "no complete"),
                       ("[Problem]\nq\n[Solution]\n\\boxed{7", "no complete"),
                       ("[Problem]\na\n[Problem]\nb\n[Solution]\n\\boxed{1}", "2 [Problem]"),

@@ -63,8 +63,13 @@ def custom_template(tid: str, instruction: str) -> SynthTemplate:
     return SynthTemplate(tid, "custom", instruction)
 
 
-_PROBLEM = re.compile(r"^[ \t*#]*\[\s*problem\s*\][ \t*:]*", re.IGNORECASE | re.MULTILINE)
-_SOLUTION = re.compile(r"^[ \t*#]*\[\s*solution\s*\][ \t*:]*", re.IGNORECASE | re.MULTILINE)
+def _marker(word: str) -> re.Pattern:
+    # "[Problem]" at a line's start (text may follow), or a line that is only a heading: "### Problem",
+    # "**Problem:**" (models trained on markdown write the section names so).
+    return re.compile(rf"^[ \t*#]*(?:\[\s*{word}\s*\][ \t*:]*|{word}[ \t*:]*$)", re.IGNORECASE | re.MULTILINE)
+
+
+_PROBLEM, _SOLUTION = _marker("problem"), _marker("solution")
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ def parse_synthesis(text: str, max_question_chars: int = 2000) -> ParsedSynthesi
     """The new problem, its solution and the solution's boxed answer, or the reason there are none.
 
     A model continuing ``## New Problem`` may start the problem without the ``[Problem]`` marker;
-    the text before ``[Solution]`` is then the problem."""
+    the text before ``[Solution]`` is then the problem. A section may also be a heading line of
+    its own (``### Problem``, ``**Solution**``); a sentence that merely starts with the word is not."""
     text = text or ""
     probs, sols = list(_PROBLEM.finditer(text)), list(_SOLUTION.finditer(text))
     if len(probs) > 1:
