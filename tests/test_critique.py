@@ -4,6 +4,7 @@ confusion matrix, the CFT rows, the cache, and resume after a kill."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -213,3 +214,12 @@ def test_another_server_is_another_cache_key():
             ("http://127.0.0.1:8000/v1", "http://user:secret@10.0.0.2:8000/v1"))
     assert a != b and "secret" not in json.dumps(b) and served_by("hf", resolve_options("hf")) == {}
     assert served_by("vllm", resolve_options("vllm", {"python": "/usr/bin/python3"})) == {"generator": "vllm"}
+
+
+def test_length_bounds_drop_critiques_with_their_token_counts(tmp_path):
+    cfg = CritiqueConfig(**{**_files(tmp_path).__dict__, "min_tokens": 12, "max_tokens": 14})
+    res = run_critique(cfg, make=lambda *a: ScriptedTeacher())  # the scripted critiques are 11..17 tokens long
+    step = next(f for f in res.funnel if f["step"] == "length")
+    reasons = [json.loads(x)["reason"] for x in open(str(cfg.out) + ".rejected.jsonl") if '"length"' in x]
+    assert step["dropped"] == len(reasons) > 0
+    assert all(re.fullmatch(r"\d+ tokens (< min_tokens 12|> max_tokens 14)", r) for r in reasons)
