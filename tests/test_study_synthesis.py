@@ -64,7 +64,7 @@ def test_study_synthesis_end_to_end_on_tiny_models(tiny_model_dir, scripted, tmp
                                teacher_backend=scripted, solver_backend=scripted, seed_pool=20, distill_seeds=4,
                                direct_seeds=6, synth_outputs=4, boost_seeds=2, boost_n=2, n=4, dev_size=4,
                                solver_k=2, synth_max_new_tokens=8, distill_steps=2, boost_steps=1, train_steps=2,
-                               heldout_size=6, run_dir=str(run_dir))
+                               heldout_size=6, run_dir=str(run_dir), prices={"teacher": [1e-6, 4e-6]})
     cfg.distill.max_length = 1024
     cfg.less.dim = 256
     cfg.eval.max_new_tokens = 4
@@ -79,6 +79,8 @@ def test_study_synthesis_end_to_end_on_tiny_models(tiny_model_dir, scripted, tmp
     c = out["costs"]
     assert c["teacher"]["flops_per_kept"] == pytest.approx((6 * 1e6 + c["teacher"]["gate_flops"]) / 6)
     assert c["synth"]["kept"] == 0 and c["synth"]["flops_per_kept"] is None and c["synth"]["break_even_pool"] is None
+    # The scripted teacher reports 50 prompt and 30 completion tokens a call: 6 calls at the given prices.
+    assert c["teacher"]["dollars"] == pytest.approx(6 * (50e-6 + 120e-6)) and "Dollars" in (run_dir / "report.md").read_text()
     assert c["boosted"]["fixed"]["less"] > 0 and "less" not in c["random-boost"]["fixed"]
     assert len(out["choice"]["less"]) == 2 and len(out["choice"]["random"]) == 2
     report = (run_dir / "report.md").read_text()

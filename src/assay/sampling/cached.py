@@ -28,6 +28,7 @@ class CachedCall:
     completion_tokens: int
     flops: float
     finish_reason: str
+    prompt_tokens: int = 0
 
     kind: ClassVar[str] = "cached_call"
 
@@ -59,7 +60,8 @@ def cached_generate(path, requests: dict[str, PromptGroup], decoding: Decoding, 
             progress = bar(len(todo), desc, unit=unit)
             try:
                 for g in gen.generate(todo, decoding):
-                    row = CachedCall(g.problem_id, g.text, g.completion_tokens, g.flops, g.finish_reason)
+                    row = CachedCall(g.problem_id, g.text, g.completion_tokens, g.flops, g.finish_reason,
+                                     g.prompt_tokens)
                     writer.write(row)
                     calls[row.key] = row
                     generated += 1

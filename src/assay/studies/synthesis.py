@@ -99,6 +99,8 @@ class StudySynthesisConfig:
     train: TrainConfig = train_section(batch_size=4)
     heldout_size: int = opt(80, help="held-out target rows (seeds from 10000)")
     eval: EvalConfig = eval_section()
+    prices: dict = opt({}, help="dollars per token, {model: [prompt, completion]}, for the ledger's dollar column "
+                                "(e.g. an API teacher)")
     seed: int = opt(0, help="seed of the pools, sampling, selection and training")
     run_dir: str = opt("runs/study-synthesis", help="where everything goes")
 
@@ -257,7 +259,7 @@ def run(cfg: StudySynthesisConfig) -> dict:
                                  versus="real-N")
     synth_training = {tag: train_summary(d / f"{tag}.synthesizer")["flops"]
                       for tag in ("distilled", "boosted", "random-boost")}
-    out = {"results": results, "costs": costs(d, made, gated, synth_training, choice), "n": cfg.n,
+    out = {"results": results, "costs": costs(d, made, gated, synth_training, choice, cfg.prices), "n": cfg.n,
            "train_steps": cfg.train_steps, "heldout": len(read_problems(held)), "teacher": cfg.teacher,
            "synthesizer": cfg.synthesizer, "student": cfg.student, "choice": {k: choice[k] for k in ("less", "random")},
            "funnels": {tag: json.loads(Path(str(g) + ".summary.json").read_text())["funnel"]

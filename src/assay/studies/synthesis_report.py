@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from assay.synth.ledger import ledger
+from assay.synth.ledger import dollars, ledger
 
 
 def _summary(path) -> dict:
     return json.loads(Path(str(path) + ".summary.json").read_text())
 
 
-def costs(d: Path, made: dict, gated: dict, synth_training: dict, choice: dict) -> dict:
-    """Each source's FLOPs per kept problem, and each synthesizer's fixed cost and break-even pool size."""
-    side = {tag: {"flops": _summary(made[tag])["flops"], "gate_flops": _summary(gated[tag])["solver_flops"],
-                  "kept": _summary(gated[tag])["kept"]} for tag in made}
+def costs(d: Path, made: dict, gated: dict, synth_training: dict, choice: dict, prices: dict = None) -> dict:
+    """Each source's FLOPs per kept problem (and dollars, where its model has a price), and each
+    synthesizer's fixed cost and break-even pool size."""
+    side = {}
+    for tag in made:
+        s, g = _summary(made[tag]), _summary(gated[tag])
+        side[tag] = {"flops": s["flops"], "gate_flops": g["solver_flops"], "kept": g["kept"]}
+        usd = dollars(s.get("prompt_tokens", 0), s.get("completion_tokens", 0), (prices or {}).get(s["model"]))
+        if usd is not None:
+            side[tag].update(dollars=usd, dollars_per_kept=usd / g["kept"] if g["kept"] else None)
     distill = _summary(d / "distill.synth.jsonl")["flops"] + synth_training["distilled"]
     fixed = {"synth": {"distill_calls_and_training": distill},
              "boosted": {"distill_calls_and_training": distill, "less": choice["cost"]["flops"],
@@ -57,6 +63,11 @@ def format_report(out: dict) -> str:
         be = s.get("break_even_pool")
         lines.append(f"| {name} | {s['flops']:.3g} | {s['gate_flops']:.3g} | {s['kept']} | {per} | {fixed} | "
                      f"{'' if name == 'teacher' else (f'{be:.0f} problems' if be else 'never (not cheaper per problem)')} |")
+    priced = {n: v for n, v in c.items() if v.get("dollars") is not None}
+    if priced:
+        lines += ["", "Dollars (writing only, at the given prices): " + ", ".join(
+            f"{n} ${v['dollars']:.4g} (${v['dollars_per_kept']:.3g} per kept)" if v.get("dollars_per_kept")
+            else f"{n} ${v['dollars']:.4g}" for n, v in priced.items())]
     lines += ["", "Well-formed outputs and the gates:", "", "| source | outputs | well-formed | " +
               " | ".join(f["step"] for f in next(iter(out["funnels"].values()))[1:]) + " |",
               "|---|---:|---:|" + "---:|" * (len(next(iter(out["funnels"].values()))) - 1)]

@@ -184,6 +184,8 @@ def run_synthesize(cfg: SynthesizeConfig, make=None) -> SynthesizeResult:
     write_json(str(cfg.out) + ".summary.json", {
         "model": cfg.model, "calls": len(done), "kept": len(kept), "rejected": len(rejected), "reasons": reasons,
         "flops": flops, "flops_per_kept": flops / len(kept) if kept else None, "generated_this_run": generated,
+        "prompt_tokens": sum(calls[k].prompt_tokens for k in done),
+        "completion_tokens": sum(calls[k].completion_tokens for k in done),
         "templates": [t.id for t in templates_of(cfg)], "seeds": len(seeds)})
     return SynthesizeResult(str(cfg.out), len(done), len(kept), len(rejected), generated, flops, reasons)
 
