@@ -217,3 +217,23 @@ def test_solutions_and_critique_on_embedded_models_reduced(tmp_path):
     assert conf["critiques"] == len(crits) and summary["funnel"][0]["kept"] == len(crits)
     rows = [json.loads(x) for x in (tmp_path / "cft.jsonl").read_text().splitlines()]
     assert len(rows) == summary["funnel"][-1]["kept"] == summary["rows"]
+
+
+def test_synthesize_and_gate_on_embedded_models_reduced(tmp_path):
+    """SmolLM2 writes from two seeds, the gates run with a real solver: every output is kept or rejected
+    with its reason, and every synthesized problem is accounted for by the gates' funnel."""
+    from assay.cli import main
+
+    p, s, g = tmp_path / "p.jsonl", tmp_path / "s.jsonl", tmp_path / "g.jsonl"
+    assert main(["problems", "source=rg:chain_sum", "size=2", f"out={p}"]) == 0
+    assert main(["synthesize", f"seeds={p}", f"out={s}", "model=smollm2-135m-instruct", "n=2",
+                 "max_new_tokens=160"]) == 0
+    summary = json.loads(Path(f"{s}.summary.json").read_text())
+    rejected = Path(f"{s}.rejected.jsonl").read_text().splitlines()
+    assert summary["calls"] == 4 == summary["kept"] + len(rejected) and summary["flops"] > 0
+    assert all(json.loads(r)["reason"] for r in rejected)
+    assert main(["gate", f"problems={s}", f"out={g}", "solver=smollm2-135m-instruct", "k=1",
+                 "max_new_tokens=64"]) == 0
+    funnel = json.loads(Path(f"{g}.summary.json").read_text())["funnel"]
+    assert funnel[0]["kept"] == summary["kept"] and [f["step"] for f in funnel[1:]] == ["dedup", "decontaminate",
+                                                                                         "agreement"]
