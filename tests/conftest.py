@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -40,3 +42,32 @@ def _quiet_env():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     yield
+
+
+@dataclass
+class ScriptedOptions:
+    """The options of a scripted backend: none (stands in for a backend's options dataclass)."""
+
+    FLAT: ClassVar[dict] = {}
+    PROTOCOL: ClassVar[tuple] = ()
+
+    def validate(self, key):
+        pass
+
+
+@pytest.fixture
+def scripted_backend():
+    """``add(name, cls)`` registers ``cls(model, options)`` (a Generator) as backend ``name`` for one test,
+    so a stage or study that builds generators by name runs a scripted model; returns the name."""
+    from assay.sampling.backends import BACKENDS, Backend
+
+    added = []
+
+    def add(name: str, cls) -> str:
+        BACKENDS.add(name, Backend(ScriptedOptions, cls))
+        added.append(name)
+        return name
+
+    yield add
+    for name in added:
+        BACKENDS._items.pop(name, None)

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import ClassVar
-
-import pytest
 
 from assay.core.io import read_problems, write_records
 from assay.core.records import Problem, Sample, Verdict
-from assay.sampling.backends import BACKENDS, Backend
 from assay.sampling.base import Generated
 from assay.synth.gates import GateConfig, agreement_of, run_gates
 
@@ -31,15 +26,6 @@ def test_agreement_hand_computed():
     assert got["d"] == {"agreement": 0.0, "majority": None, "matches_reference": False, "k": 4}
 
 
-@dataclass
-class _Opts:
-    FLAT: ClassVar[dict] = {}
-    PROTOCOL: ClassVar[tuple] = ()
-
-    def validate(self, key):
-        pass
-
-
 class Solver:
     """Answers 'What is A + B?' right, except questions containing 'tricky', which it gets wrong."""
 
@@ -55,14 +41,8 @@ class Solver:
                 yield Generated(g.problem_id, i, seed, f"The sum is \\boxed{{{ans}}}", 10, 6, 1e5, "stop")
 
 
-@pytest.fixture
-def solver_backend():
-    BACKENDS.add("scripted-solver", Backend(_Opts, Solver))
-    yield "scripted-solver"
-    BACKENDS._items.pop("scripted-solver")
-
-
-def test_every_gate_with_its_reason(tmp_path, solver_backend):
+def test_every_gate_with_its_reason(tmp_path, scripted_backend):
+    solver_backend = scripted_backend("scripted-solver", Solver)
     from assay.data.benchmarks import BENCHMARKS
     from assay.data.problems import load_problems
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 
 from assay.core.io import InputError, read_problems, read_records
 from assay.critique.solutions import Solution, SolutionsConfig, run_solutions
-from assay.sampling.backends import BACKENDS, Backend
 from assay.sampling.base import Generated
 from assay.verify.extract import extract_boxed
 
@@ -78,15 +75,6 @@ def test_seed_problems_are_chosen_by_the_students_pass_rate(two_tiny, tmp_path):
 
 # ---- the study, with a teacher that knows the references ----
 
-@dataclass
-class _Opts:
-    FLAT: ClassVar[dict] = {}
-    PROTOCOL: ClassVar[tuple] = ()
-
-    def validate(self, key):
-        pass
-
-
 class ReferenceTeacher:
     """Says right when the solution's boxed answer is the reference, else wrong with the reference boxed."""
 
@@ -107,14 +95,8 @@ class ReferenceTeacher:
             yield Generated(g.problem_id, 0, 0, text, 40, 30, 1e6, "stop")
 
 
-@pytest.fixture
-def scripted_backend():
-    BACKENDS.add("scripted-teacher", Backend(_Opts, ReferenceTeacher))
-    yield "scripted-teacher"
-    BACKENDS._items.pop("scripted-teacher")
-
-
 def test_study_cft_end_to_end_on_tiny_models(two_tiny, scripted_backend, tmp_path, monkeypatch):
+    teacher_backend = scripted_backend("scripted-teacher", ReferenceTeacher)
     from assay.critique import stage
 
     a, b = two_tiny
@@ -131,7 +113,7 @@ def test_study_cft_end_to_end_on_tiny_models(two_tiny, scripted_backend, tmp_pat
 
     cfg = StudyCFTConfig(student=a, seed_pool=4, student_n=2, band=[0.0, 1.0], generators=[a, b], temperatures=[0.7],
                          n=2, teachers=["t1", "t2"], multi_teachers=["t1"], multi_generators=[b], multi_pool=6,
-                         critique_backend=scripted_backend, solution_max_new_tokens=6, train_steps=2, eval_every=1,
+                         critique_backend=teacher_backend, solution_max_new_tokens=6, train_steps=2, eval_every=1,
                          validation_size=4, heldout_size=4, transfer_size=4, run_dir=str(run))
     cfg.eval.max_new_tokens = 4
     cfg.train.max_length = 2048  # the critique request alone is ~400 tiny-tokenizer tokens

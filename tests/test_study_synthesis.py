@@ -5,22 +5,10 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 
-from assay.sampling.backends import BACKENDS, Backend
 from assay.sampling.base import Generated
-
-
-@dataclass
-class _Opts:
-    FLAT: ClassVar[dict] = {}
-    PROTOCOL: ClassVar[tuple] = ()
-
-    def validate(self, key):
-        pass
 
 
 def _sum(text: str) -> int:
@@ -48,21 +36,15 @@ class Teacher:
                 yield Generated(g.problem_id, i, seed, text, 50, 30, 1e6, "stop")
 
 
-@pytest.fixture
-def scripted():
-    BACKENDS.add("scripted-teacher", Backend(_Opts, Teacher))
-    yield "scripted-teacher"
-    BACKENDS._items.pop("scripted-teacher")
-
-
-def test_study_synthesis_end_to_end_on_tiny_models(tiny_model_dir, scripted, tmp_path):
+def test_study_synthesis_end_to_end_on_tiny_models(tiny_model_dir, scripted_backend, tmp_path):
+    scripted = scripted_backend("scripted-teacher", Teacher)
     from assay.studies.synthesis import StudySynthesisConfig
     from assay.studies.synthesis import run as run_study
 
     tiny, run_dir = str(tiny_model_dir), tmp_path / "syn"
     cfg = StudySynthesisConfig(student=tiny, synthesizer=tiny, teacher="teacher", solver="solver",
                                teacher_backend=scripted, solver_backend=scripted, seed_pool=20, distill_seeds=4,
-                               direct_seeds=6, synth_outputs=4, boost_seeds=2, boost_n=2, n=4, dev_size=4,
+                               direct_seeds=6, synth_outputs=4, boost_seeds=2, boost_n=2, n=4, dev_size=4, real_pool=6,
                                solver_k=2, synth_max_new_tokens=8, distill_steps=2, boost_steps=1, train_steps=2,
                                heldout_size=6, run_dir=str(run_dir), prices={"teacher": [1e-6, 4e-6]})
     cfg.distill.max_length = 1024

@@ -61,6 +61,7 @@ from assay.train import TrainConfig, run_training
 
 OWNED = {"train": TRAIN_OWNED, "eval": EVAL_OWNED, "distill": TRAIN_OWNED}
 DEV_SEED = 20_000
+REAL_SEED = 30_000
 
 
 @dataclass
@@ -83,6 +84,8 @@ class StudySynthesisConfig:
     boost_seeds: int = opt(6, help="seeds chosen by LESS (or at random, for the control) for boosting")
     boost_n: int = opt(2, help="teacher calls per boosting seed")
     n: int = opt(16, help="N: problems per arm after the gates (fewer when fewer pass)")
+    real_pool: int = opt(32, help="real target problems (seeds from 30000) the real-N arm draws from (the teacher "
+                                  "solves them; N verified solutions are kept)")
     dev_size: int = opt(16, help="target examples (seeds from 20000, teacher-solved) LESS scores against")
     solver_k: int = opt(3, help="the agreement gate's solver answers per problem")
     synth_max_new_tokens: int = opt(384, help="synthesis output limit")
@@ -108,7 +111,7 @@ class StudySynthesisConfig:
 def check(cfg: StudySynthesisConfig) -> None:
     refuse_owned(cfg, OWNED, "study synthesis", "student, synthesizer, seed, template, *_steps, run_dir")
     for name in ("seed_pool", "distill_seeds", "direct_seeds", "synth_outputs", "boost_seeds", "boost_n", "n",
-                 "dev_size", "solver_k", "synth_max_new_tokens", "distill_steps", "boost_steps", "train_steps",
+                 "dev_size", "real_pool", "solver_k", "synth_max_new_tokens", "distill_steps", "boost_steps", "train_steps",
                  "heldout_size"):
         at_least(name, getattr(cfg, name), 1)
     need = cfg.distill_seeds + cfg.direct_seeds + cfg.n
@@ -116,7 +119,8 @@ def check(cfg: StudySynthesisConfig) -> None:
         raise fail("seed_pool", f"must hold distill_seeds + direct_seeds + n = {need} disjoint seeds, got {cfg.seed_pool}")
     check_disjoint({"seed pool": ("seed_pool", cfg.seed, cfg.seed + cfg.seed_pool),
                     "held-out": ("heldout_size", HELDOUT_SEED, HELDOUT_SEED + cfg.heldout_size),
-                    "dev": ("dev_size", DEV_SEED, DEV_SEED + cfg.dev_size)})
+                    "dev": ("dev_size", DEV_SEED, DEV_SEED + cfg.dev_size),
+                    "real": ("real_pool", REAL_SEED, REAL_SEED + cfg.real_pool)})
     check_task("task", cfg.task, cfg.task_kwargs, "task_kwargs", cfg.seed)
     check_template("template", cfg.template)
     if cfg.synth_template not in SYNTH_TEMPLATES:
@@ -138,6 +142,12 @@ def _synth(r, cfg, name: str, model: str, seeds: Path, calls: int, n: int = 1, t
                                if teacher else {}))
     r.stage(f"synthesize_{name}", scfg, lambda: _said(run_synthesize(scfg)))
     return Path(scfg.out)
+
+
+def _synth_many(r, cfg, name: str, model: str, seeds: Path) -> Path:
+    """``synth_outputs`` outputs of a synthesizer: as many per seed as it takes, over every seed."""
+    per_seed = -(-cfg.synth_outputs // max(1, len(read_problems(seeds))))
+    return _synth(r, cfg, name, model, seeds, 0, n=per_seed)
 
 
 def _gate(r, cfg, name: str, synth: Path) -> Path:
@@ -217,10 +227,12 @@ def run(cfg: StudySynthesisConfig) -> dict:
     dev = problem_set(r, "dev", [rg_config(d / "dev.jsonl", cfg.task, cfg.task_kwargs, DEV_SEED, cfg.dev_size)])
     pool = problem_set(r, "pool", [rg_config(d / "pool.raw.jsonl", cfg.task, cfg.task_kwargs, cfg.seed,
                                              cfg.seed_pool)], d / "pool.jsonl", against=[held, dev])
+    real_probs = problem_set(r, "real", [rg_config(d / "real.raw.jsonl", cfg.task, cfg.task_kwargs, REAL_SEED,
+                                                   cfg.real_pool)], d / "real.jsonl", against=[held, dev])
     seeds = _seed_files(r, cfg, pool)
     # Real problems and the LESS targets: the teacher's verified solutions, one per problem.
     sets, real = {}, {}
-    for name, probs, limit in (("real", seeds["rest"], cfg.n), ("dev", dev, cfg.dev_size)):
+    for name, probs, limit in (("real", real_probs, cfg.n), ("dev", dev, cfg.dev_size)):
         s, v = sample_and_verify(r, probs, cfg.teacher, 1, cfg.seed, cfg.template, cfg.synth_max_new_tokens, tag=name,
                                  sample=SampleConfig(temperature=0.7, max_new_tokens=cfg.synth_max_new_tokens,
                                                      backend=cfg.teacher_backend,
@@ -236,7 +248,7 @@ def run(cfg: StudySynthesisConfig) -> dict:
     synthesizer = _train_synth(r, cfg, "distilled", Path(str(distill) + ".pairs.jsonl"), cfg.synthesizer,
                                cfg.distill_steps)
     choice = _value_seeds(r, cfg, Path(str(distill) + ".pairs.jsonl"), Path(real["dev"]["rows"]), seeds["distill"])
-    made = {"teacher": direct, "synth": _synth(r, cfg, "synth", synthesizer, seeds["rest"], cfg.synth_outputs)}
+    made = {"teacher": direct, "synth": _synth_many(r, cfg, "synth", synthesizer, seeds["rest"])}
     for tag, ids in (("boosted", choice["less"]), ("random-boost", choice["random"])):
         chosen = d / f"seeds.{tag}.jsonl"
         write_records(chosen, [p for p in read_problems(seeds["distill"]) if p.id in set(ids)])
@@ -244,7 +256,7 @@ def run(cfg: StudySynthesisConfig) -> dict:
         extra = _synth(r, cfg, f"{tag}-teacher", cfg.teacher, chosen, len(ids), n=cfg.boost_n, teacher=True,
                        seed_offset=1)
         boosted = _train_synth(r, cfg, tag, Path(str(extra) + ".pairs.jsonl"), synthesizer, cfg.boost_steps)
-        made[tag] = _synth(r, cfg, tag, boosted, seeds["rest"], cfg.synth_outputs)
+        made[tag] = _synth_many(r, cfg, tag, boosted, seeds["rest"])
     gated = {}
     for tag, synth in made.items():
         gated[tag] = _gate(r, cfg, tag, synth)

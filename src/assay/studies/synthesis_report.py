@@ -41,6 +41,12 @@ def _gain(r: dict, key: str = "") -> str:
     return f"{g['gain']:+.3f} ({lo:+.3f}..{hi:+.3f}), p={g['p_value']:.2g}"
 
 
+def _break_even(s: dict, be) -> str:
+    if s["flops_per_kept"] is None:
+        return "none (no problem kept)"
+    return f"{be:.0f} problems" if be else "never (not cheaper per problem)"
+
+
 def format_report(out: dict) -> str:
     lines = ["# Synthesis study: distilled synthesizer vs teacher vs real problems", "",
              f"Student {out['student']}, {out['train_steps']} optimizer steps on N = {out['n']} problems per arm "
@@ -62,7 +68,7 @@ def format_report(out: dict) -> str:
         fixed = f"{s['fixed_flops']:.3g}" if "fixed_flops" in s else ""
         be = s.get("break_even_pool")
         lines.append(f"| {name} | {s['flops']:.3g} | {s['gate_flops']:.3g} | {s['kept']} | {per} | {fixed} | "
-                     f"{'' if name == 'teacher' else (f'{be:.0f} problems' if be else 'never (not cheaper per problem)')} |")
+                     f"{'' if name == 'teacher' else _break_even(s, be)} |")
     priced = {n: v for n, v in c.items() if v.get("dollars") is not None}
     if priced:
         lines += ["", "Dollars (writing only, at the given prices): " + ", ".join(
