@@ -18,8 +18,9 @@ def test_one_table_feeds_help_studies_and_recipes():
     from assay import cli
 
     assert set(cli.COMMANDS) == set(commands.top_level())
-    assert set(commands.studies()) == {"sampling", "curation", "selection"}
-    assert set(commands.pipelines()) == {"quickstart", "study-sampling", "study-curation", "study-selection"}
+    assert set(commands.studies()) == {"sampling", "curation", "selection", "cft", "synthesis"}
+    assert set(commands.pipelines()) == {"quickstart", "study-sampling", "study-curation", "study-selection",
+                                         "study-cft", "study-synthesis"}
     for c in list(commands.top_level().values()) + list(commands.studies().values()):
         mod = c.load()
         assert hasattr(mod, c.config) and callable(getattr(mod, c.run)), c.name
@@ -70,7 +71,8 @@ def test_run_stage_derives_lineage_from_the_config(tmp_path):
 
 @pytest.mark.parametrize("study, setting", [
     ("curation", "train.data=x.jsonl"), ("curation", "eval.benchmark=gsm8k-test"),
-    ("selection", "gradient.n=3"), ("sampling", "train.model=other"),
+    ("selection", "gradient.n=3"), ("sampling", "train.model=other"), ("cft", "eval.model=x"),
+    ("synthesis", "train.data=x.jsonl"), ("synthesis", "distill.model=x"),
 ])
 def test_studies_refuse_fields_they_own(study, setting, tmp_path, capsys):
     from assay.cli import main
