@@ -81,3 +81,13 @@ def test_benchmarks_not_on_this_machine_are_named_not_skipped_silently(tmp_path)
                                steps=["decontaminate"], data_dir=str(tmp_path / "nowhere")))
     assert {"gsm8k-test", "math500"} <= set(res.unchecked_benchmarks) and "NOT checked against" in res.line()
     assert "rg-chain-sum-v1" in json.loads(open(tmp_path / "g.jsonl.summary.json").read())["checked_benchmarks"]
+
+
+def test_a_gate_rerun_on_other_problems_is_not_refused_by_the_old_solver_samples(tmp_path, scripted_backend):
+    solver = scripted_backend("scripted-solver", Solver)
+    write_records(tmp_path / "a.jsonl", [Problem("s0", "What is 3 + 4?", "7", "synth")])
+    cfg = GateConfig(problems=str(tmp_path / "a.jsonl"), out=str(tmp_path / "g.jsonl"), steps=["agreement"],
+                     backend=solver, k=2)
+    assert run_gates(cfg).kept == 1
+    write_records(tmp_path / "a.jsonl", [Problem("s9", "What is 2 + 2?", "4", "synth")])
+    assert run_gates(cfg).kept == 1 and read_problems(cfg.out)[0].id == "s9"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from assay.core.checks import at_least, fail, keyed, one_of, unit_interval
 from assay.core.config import opt
+from assay.core.hashing import short_hash
 from assay.core.io import InputError, read_problems, read_records, write_json, write_records
 from assay.core.records import Problem, Sample, Verdict, key
 from assay.data.benchmarks import BENCHMARKS
@@ -199,13 +200,16 @@ def run_gates(cfg: GateConfig) -> GateResult:
 def _agreement(cfg: GateConfig, items: list[Problem], work: Path, summary: dict):
     if not items:
         return [], []
-    todo = work / "agreement.problems.jsonl"
+    # Named by what they answer: a rerun on the same problems resumes its samples, one on other problems
+    # (a changed gate before this one) starts its own files instead of being refused by the old ones.
+    tag = short_hash([[p.id, p.question, p.answer] for p in items])
+    todo = work / f"agreement.{tag}.problems.jsonl"
     write_records(todo, items)
-    scfg = SampleConfig(problems=str(todo), out=str(work / "agreement.samples.jsonl"), model=cfg.solver,
+    scfg = SampleConfig(problems=str(todo), out=str(work / f"agreement.{tag}.samples.jsonl"), model=cfg.solver,
                         backend=cfg.backend, n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                         seed=cfg.seed, template=cfg.template, backend_options=dict(cfg.backend_options))
     run_sample(scfg)
-    vcfg = VerifyConfig(problems=str(todo), samples=scfg.out, out=str(work / "agreement.verdicts.jsonl"))
+    vcfg = VerifyConfig(problems=str(todo), samples=scfg.out, out=str(work / f"agreement.{tag}.verdicts.jsonl"))
     run_verify(vcfg, progress=False)
     samples = read_records(scfg.out, Sample)
     summary["solver_flops"] = sum(s.flops for s in samples)
