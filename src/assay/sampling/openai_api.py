@@ -57,12 +57,15 @@ class OpenAIGenerator:
                  backoff_s: float = 0.5, timeout_s: float = 600.0, cache: Optional[str] = None,
                  n_params: Optional[float] = None, api_key_env: str = "OPENAI_API_KEY", chat: bool = True,
                  *, api_key: Optional[str] = None, render: Optional[Callable[[PromptGroup], list[int]]] = None,
-                 flops: Optional[Callable[[int, int, int], float]] = None):
-        """``api_key``, ``render`` and ``flops`` are for backends built on this client (the managed vLLM
-        server): a key held in memory instead of an environment variable, prompts sent as token ids
-        rendered by the caller (completions API), and FLOPs counted from (prompt tokens, completion
-        tokens, samples sharing the prompt) by the caller's formula instead of 2 x n_params x tokens."""
+                 flops: Optional[Callable[[int, int, int], float]] = None, context: Optional[int] = None):
+        """``api_key``, ``render``, ``flops`` and ``context`` are for backends built on this client (the
+        managed vLLM server): a key held in memory instead of an environment variable, prompts sent as
+        token ids rendered by the caller (completions API), FLOPs counted from (prompt tokens,
+        completion tokens, samples sharing the prompt) by the caller's formula instead of 2 x n_params
+        x tokens, and the server's context length: a rendered prompt whose tokens plus the completion
+        limit exceed it is refused here, since vLLM would silently shorten the completion to fit."""
         self.model_name = model
+        self.context = context
         real = (base_url or os.environ.get("OPENAI_BASE_URL", "")).strip()
         if not real:
             raise InputError("openai backend: no server URL (pass base_url / --base-url or set OPENAI_BASE_URL)")
@@ -145,6 +148,10 @@ class OpenAIGenerator:
             p["stop"] = list(decoding.stop)
         if self._render is not None:
             p["prompt"] = self._render(g)
+            if self.context is not None and len(p["prompt"]) + p["max_tokens"] > self.context:
+                raise InputError(f"problem '{g.problem_id}': its prompt of {len(p['prompt'])} tokens and "
+                                 f"{p['max_tokens']} new tokens exceed the server's context of {self.context} "
+                                 "tokens (backend_options.max_model_len raises it)")
             return "completions", p
         if g.prompt is not None or not self.chat:
             p["prompt"] = (g.prompt if g.prompt is not None else "\n\n".join(m["content"] for m in g.messages)) \

