@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +89,9 @@ class VLLMOptions:
     def model_len(self, model_path: str) -> Optional[int]:
         """The context the server gets: ``max_model_len``, else on a CPU the model's own capped at
         CPU_MAX_MODEL_LEN, else (a GPU) the model's own."""
-        own = context_length(model_path)
         if self.max_model_len is not None:
             return self.max_model_len
+        own = context_length(model_path)
         return min(CPU_MAX_MODEL_LEN, own or CPU_MAX_MODEL_LEN) if self.device == "cpu" else own
 
     def server_args(self, model_path: str, served_name: str) -> list[str]:
@@ -127,8 +128,6 @@ exceed it (naming the problem); ``max_model_len`` raises the limit."""
 
 def context_length(model_path: str) -> Optional[int]:
     """The model's own context length from its config.json (a text_config inside a multimodal one), or None."""
-    import json
-
     try:
         cfg = json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
