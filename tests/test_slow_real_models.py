@@ -104,12 +104,15 @@ def _repeats(problems_file) -> int:
     return len(rej.read_text().splitlines()) if rej.exists() else 0
 
 
-def _assert_within_one_sample_of_the_budget(run, tag: str, study: dict, budget: float) -> None:
+def _assert_within_one_sample_of_the_budget(run, tag: str, study: dict, budget: float) -> float:
+    """Realized FLOPs are the kept samples', at most the budget and short of it by less than the
+    first sample that did not fit; returns that sample's cost."""
     kept = read_records(run / f"{tag}.samples.jsonl", Sample)
     over = [json.loads(line) for line in (run / f"{tag}.samples.jsonl.over_budget.jsonl").read_text().splitlines()]
     realized = study[tag]["budget"]["realized_flops"]
     assert realized == pytest.approx(sum(x.flops for x in kept), rel=1e-12)
     assert realized <= budget and over and budget - realized < over[0]["flops"]
+    return over[0]["flops"]
 
 
 def test_gemma_from_chunk_packages_matches_generate():
@@ -137,10 +140,11 @@ def test_study_sampling_real_models_reduced(tmp_path):
     study = json.loads((run / "study.json").read_text())
     f_wc, f_se = study["WC"]["budget"]["realized_flops"], study["SE"]["budget"]["realized_flops"]
     assert study["WC"]["model"] == "smollm2-135m-instruct" and study["SE"]["model"] == "gemma3-270m"
-    assert abs(f_wc - f_se) / f_se < 0.05
     plan = json.loads((run / "plan.json").read_text())
-    for tag in ("WC", "SE"):
-        _assert_within_one_sample_of_the_budget(run, tag, study, plan["budget_flops"])
+    slack = [_assert_within_one_sample_of_the_budget(run, tag, study, plan["budget_flops"]) for tag in ("WC", "SE")]
+    # Matched to within one sample of the budget, not a fixed share: at 16 problems one sample is
+    # several percent of it (one CPU's bf16 samples left SE 6% under, another's under 5%).
+    assert abs(f_wc - f_se) < max(slack)
     # The plan gives the cheaper model more samples (realized counts follow the realized lengths).
     assert plan["arms"]["smollm2-135m-instruct"]["k_planned"] > plan["arms"]["gemma3-270m"]["k_planned"] == 2
 
