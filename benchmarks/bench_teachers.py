@@ -146,6 +146,12 @@ def table(res: dict, tasks: list[str], models: list[str]) -> str:
     return "\n".join(lines)
 
 
+def sizes(a: argparse.Namespace, task: str) -> tuple[int, int]:
+    """(dev, test) problem counts of a task: the --dev-long/--test-long ones for gsm8k and math500."""
+    long = task in ("gsm8k", "math500")
+    return (a.dev_long if long and a.dev_long else a.dev), (a.test_long if long and a.test_long else a.test)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -171,19 +177,14 @@ def main() -> None:
     if not a.skip_accuracy:
         acc = {}
         for task in tasks:
-            long = task in ("gsm8k", "math500")
-            n = a.test_long if (a.test_long and long) else a.test
-            dev = a.dev_long if (a.dev_long and long) else a.dev
-            acc.update(measure(models, [task], out, dev, n, a.max_batch))
+            acc.update(measure(models, [task], out, *sizes(a, task), a.max_batch))
         res["accuracy"] = {**prev.get("accuracy", {}), **acc}
         print(table(res["accuracy"], tasks, models))
     if a.throughput:
         acc = res.get("accuracy") or prev.get("accuracy", {})
         tpl = {m: a.speed_template or c["template"] for m, c in acc.get(a.speed_task, {}).items()}
         tpl = {m: a.speed_template or tpl.get(m, "boxed-v1") for m in models}
-        long = a.speed_task in ("gsm8k", "math500")
-        split(a.speed_task, out, (a.dev_long if long and a.dev_long else a.dev),
-              (a.test_long if long and a.test_long else a.test))  # the accuracy pass's rows, written if missing
+        split(a.speed_task, out, *sizes(a, a.speed_task))  # the accuracy pass's rows, written if missing
         res["throughput"] = throughput(models, a.speed_task, out, a.speed_n, tpl, a.max_batch, a.speed_arms.split(","))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
